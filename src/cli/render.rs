@@ -1,0 +1,253 @@
+//! How a stored event is shown: one JSON object per line, the payload derived from the exact
+//! stored body.
+//!
+//! Owns the line shape `{"seq":42,"stored_at":"…","kind":"cdr","payload":{…}}` and the CSV
+//! cell values. JSON payloads are the original object with insignificant whitespace removed
+//! (same keys, order, values and number forms); form payloads are an object of decoded fields
+//! (a repeated name keeps every value, as an array); bytes that are not UTF-8 show as U+FFFD.
+
+use std::borrow::Cow;
+
+use crate::decode::form;
+use crate::event::BodyFormat;
+use crate::store::StoredEvent;
+use crate::timestamp;
+
+/// The fields didlogic documents per kind, in the order CSV puts them first.
+pub fn documented_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "cdr" => &[
+            "calldate",
+            "callid",
+            "direction",
+            "disposition",
+            "src",
+            "dst",
+            "duration",
+            "billsec",
+            "user_id",
+            "event",
+        ],
+        "recording" => &["calldate", "callid", "recording_url", "user_id", "event"],
+        "sms" => &["src", "dst", "message", "received_at"],
+        _ => &[],
+    }
+}
+
+/// Appends one JSON line for `ev`.
+pub fn event_line(ev: &StoredEvent, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(ev.seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"stored_at\":\"");
+    out.extend_from_slice(timestamp::format_ms(ev.stored_at_ms).as_bytes());
+    out.extend_from_slice(b"\",\"kind\":");
+    json_string(&ev.kind, out);
+    out.extend_from_slice(b",\"payload\":");
+    payload(ev.format, &ev.body, out);
+    out.extend_from_slice(b"}\n");
+}
+
+/// Appends the payload of a body stored with `format`.
+pub fn payload(format: BodyFormat, body: &[u8], out: &mut Vec<u8>) {
+    match format {
+        BodyFormat::Json => {
+            let start = out.len();
+            if !compact_json(body, out) {
+                // Not expected (bodies were validated before storing); show it as text.
+                out.truncate(start);
+                json_string(&String::from_utf8_lossy(body), out);
+            }
+        }
+        BodyFormat::Form => {
+            out.push(b'{');
+            for (i, (name, values)) in form_fields(body).iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_string(name, out);
+                out.push(b':');
+                if let [one] = values.as_slice() {
+                    json_string(one, out);
+                } else {
+                    out.push(b'[');
+                    for (j, v) in values.iter().enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        json_string(v, out);
+                    }
+                    out.push(b']');
+                }
+            }
+            out.push(b'}');
+        }
+        BodyFormat::Undecoded => json_string(&String::from_utf8_lossy(body), out),
+    }
+}
+
+/// Decoded form fields grouped by name, in order of first appearance.
+pub fn form_fields(body: &[u8]) -> Vec<(String, Vec<String>)> {
+    let mut fields: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, value) in form::parse(body) {
+        let name = form::lossy(&name).into_owned();
+        let value = form::lossy(&value).into_owned();
+        match fields.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, values)) => values.push(value),
+            None => fields.push((name, vec![value])),
+        }
+    }
+    fields
+}
+
+/// Appends `s` as a JSON string.
+pub fn json_string(s: &str, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail and a &str always serializes.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Copies a JSON text without insignificant whitespace (RFC 8259 §2: `ws` is space, tab, LF,
+/// CR, allowed only between tokens). Returns false if the text ends inside a string.
+pub fn compact_json(input: &[u8], out: &mut Vec<u8>) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in input {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push(b);
+            in_string = b == b'"';
+        }
+    }
+    !in_string
+}
+
+/// The CSV cell of `field` in an event's payload: strings as they are, numbers in their
+/// original form, `null` and absent fields empty, arrays and objects as compact JSON.
+pub fn csv_cell<'a>(fields: &'a PayloadFields, field: &str) -> Cow<'a, str> {
+    match fields {
+        PayloadFields::Json(map) => match map.get(field) {
+            None | Some(serde_json::Value::Null) => Cow::Borrowed(""),
+            Some(serde_json::Value::String(s)) => Cow::Borrowed(s),
+            Some(serde_json::Value::Number(n)) => Cow::Owned(n.to_string()),
+            Some(serde_json::Value::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
+            Some(v) => Cow::Owned(v.to_string()),
+        },
+        PayloadFields::Form(list) => match list.iter().find(|(n, _)| n == field) {
+            None => Cow::Borrowed(""),
+            Some((_, values)) => match values.as_slice() {
+                [one] => Cow::Borrowed(one),
+                many => Cow::Owned(serde_json::Value::from(many.to_vec()).to_string()),
+            },
+        },
+        PayloadFields::None => Cow::Borrowed(""),
+    }
+}
+
+/// An event's top-level fields, parsed for CSV.
+pub enum PayloadFields {
+    Json(serde_json::Map<String, serde_json::Value>),
+    Form(Vec<(String, Vec<String>)>),
+    None,
+}
+
+impl PayloadFields {
+    /// Parses the payload of `ev` (order of keys preserved).
+    pub fn of(ev: &StoredEvent) -> PayloadFields {
+        match ev.format {
+            BodyFormat::Json => serde_json::from_slice(&ev.body)
+                .map(PayloadFields::Json)
+                .unwrap_or(PayloadFields::None),
+            BodyFormat::Form => PayloadFields::Form(form_fields(&ev.body)),
+            BodyFormat::Undecoded => PayloadFields::None,
+        }
+    }
+
+    /// The field names, in payload order.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            PayloadFields::Json(map) => map.keys().map(String::as_str).collect(),
+            PayloadFields::Form(list) => list.iter().map(|(n, _)| n.as_str()).collect(),
+            PayloadFields::None => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(format: BodyFormat, body: &[u8]) -> StoredEvent {
+        StoredEvent {
+            seq: 42,
+            stored_at_ms: 1_778_563_078_123,
+            kind: "sms".into(),
+            format,
+            peer: None,
+            content_type: vec![],
+            body: body.to_vec(),
+        }
+    }
+
+    fn line(format: BodyFormat, body: &[u8]) -> String {
+        let mut out = Vec::new();
+        event_line(&ev(format, body), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn json_payload_keeps_keys_order_and_number_forms() {
+        let body = b"{\n  \"b\": 1.50,\n  \"a\" : \"x y\\\" \\\\\",\n \"c\": [1e3, true]\n}\n";
+        assert_eq!(
+            line(BodyFormat::Json, body),
+            "{\"seq\":42,\"stored_at\":\"2026-05-12T05:17:58.123Z\",\"kind\":\"sms\",\"payload\":{\"b\":1.50,\"a\":\"x y\\\" \\\\\",\"c\":[1e3,true]}}\n"
+        );
+    }
+
+    #[test]
+    fn form_payload_decodes_exactly_and_keeps_repeats() {
+        let got = line(BodyFormat::Form, b"message=Hello+world+&to=1&to=2&bad=%FF");
+        assert!(
+            got.ends_with("\"payload\":{\"message\":\"Hello world \",\"to\":[\"1\",\"2\"],\"bad\":\"\u{FFFD}\"}}\n"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn compact_json_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("{ }", "{}", true),
+            ("{\"a b\" : \" \\\" \"}", "{\"a b\":\" \\\" \"}", true),
+            ("[\"\\\\\" , 1]", "[\"\\\\\",1]", true),
+            ("{\"a", "{\"a", false),
+        ];
+        for (input, want, ok) in cases {
+            let mut out = Vec::new();
+            assert_eq!(compact_json(input.as_bytes(), &mut out), *ok);
+            assert_eq!(String::from_utf8(out).unwrap(), *want);
+        }
+    }
+
+    #[test]
+    fn csv_cells() {
+        let json = PayloadFields::of(&ev(
+            BodyFormat::Json,
+            br#"{"n":9.0,"s":"t","z":null,"o":{"k":1},"b":false}"#,
+        ));
+        let cells: Vec<_> = ["n", "s", "z", "o", "b", "missing"]
+            .iter()
+            .map(|f| csv_cell(&json, f).into_owned())
+            .collect();
+        assert_eq!(cells, ["9.0", "t", "", "{\"k\":1}", "false", ""]);
+        let form = PayloadFields::of(&ev(BodyFormat::Form, b"a=1&a=2&m=hi+there"));
+        assert_eq!(csv_cell(&form, "a"), "[\"1\",\"2\"]");
+        assert_eq!(csv_cell(&form, "m"), "hi there");
+        assert_eq!(form.names(), ["a", "m"]);
+    }
+}

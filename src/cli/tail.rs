@@ -1,0 +1,74 @@
+//! `didgate tail [-n N] [-f] [--kind K] [--raw]`: the last events, then (with `-f`) new ones
+//! as they are committed.
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::{Result, SCAN_CHUNK, emit, render};
+use crate::store::{Store, StoredEvent};
+
+/// How often `-f` looks for new events. Commits are visible to readers at once; 200 ms keeps
+/// a follower close behind at negligible cost.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// What `tail` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct Args {
+    pub lines: usize,
+    pub follow: bool,
+    pub kind: Option<String>,
+    pub raw: bool,
+}
+
+/// Prints the last `lines` events (of `kind`), then follows if asked.
+///
+/// # Errors
+/// Store errors, or a failed write (a closed pipe is [`super::Error::Closed`]).
+pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
+    if let Some(k) = &args.kind {
+        super::check_kind(store, k)?;
+    }
+    let keep = |kind: &str| args.kind.as_deref().is_none_or(|k| k == kind);
+    // Everything after `next` is left to the follow loop, so nothing is shown twice or missed.
+    let next = store.last_seq()?.map_or(1, |s| s + 1);
+    let mut last: Vec<StoredEvent> = Vec::new();
+    let mut before = next;
+    while last.len() < args.lines {
+        let scan = store.scan_backward(Some(before), SCAN_CHUNK, |r| keep(r.kind))?;
+        last.extend(scan.events);
+        if scan.done {
+            break;
+        }
+        before = scan.next;
+    }
+    last.truncate(args.lines);
+    last.reverse();
+    let mut buf = Vec::new();
+    print(&last, args.raw, &mut buf);
+    emit(out, &mut buf)?;
+    if !args.follow {
+        return Ok(());
+    }
+    let mut from = next;
+    loop {
+        let scan = store.scan_forward(from, SCAN_CHUNK, |r| keep(r.kind))?;
+        print(&scan.events, args.raw, &mut buf);
+        emit(out, &mut buf)?;
+        from = scan.next;
+        if scan.done {
+            std::thread::sleep(FOLLOW_POLL);
+        }
+    }
+}
+
+/// Appends events as JSON lines, or with `raw` as the stored bodies, one per line.
+pub fn print(events: &[StoredEvent], raw: bool, buf: &mut Vec<u8>) {
+    for ev in events {
+        if raw {
+            buf.extend_from_slice(&ev.body);
+            buf.push(b'\n');
+        } else {
+            render::event_line(ev, buf);
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! Configuration: embedded defaults, then the TOML file, then command-line flags, validated
+//! into one [`Config`].
+//!
+//! Owns every tunable and its default, with the reason for the default beside it
+//! (`docs/configuration.md` lists the same). It does not apply them: the server, connection and
+//! writer read the validated values.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::http::{self, HEADER_SLOTS};
+use crate::log::Level;
+
+/// Listen address: all interfaces, port 8080 (unprivileged; see `docs/` for port 80/443).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Data directory when neither `--data`, the file, nor systemd's `$STATE_DIRECTORY` says.
+pub const DEFAULT_DATA_DIR: &str = "./didgate-data";
+/// Request line plus headers. 16 KiB is nginx's large_client_header_buffers order of size and
+/// far above what a webhook sender sends (didlogic's requests carry a handful of headers).
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Header fields per request: generous for proxies that add many, bounded for memory.
+pub const DEFAULT_MAX_HEADERS: usize = 128;
+/// Body limit. didlogic's payloads are well under 1 KiB; 64 KiB leaves room for growth
+/// while bounding per-connection memory.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// The whole request head must arrive within this; a client trickling bytes cannot extend it.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole body must arrive within this once the head is read.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle keep-alive connection is closed after this.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A response write that makes no progress for this long closes the connection (a client that
+/// never reads must not hold memory).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for its commit before answering 503. The sender allows 15 s for
+/// the whole response; 5 s leaves room for a slow network on both sides.
+pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The sender's whole-response budget: a commit timeout at or past it is refused.
+pub const SENDER_RESPONSE_BUDGET: Duration = Duration::from_secs(15);
+/// On SIGTERM, how long in-flight requests get to finish before the process exits anyway.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Byte-identical retries within this window are recognised as duplicates. The sender retries
+/// for ~16 minutes; 7 days also catches a replay from its dead-letter store.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The dedup window may not be shorter than the sender's retry window (about 16 minutes).
+pub const MIN_DEDUP_WINDOW: Duration = Duration::from_secs(16 * 60);
+/// Jobs that may wait for the writer. A burst beyond this gets fast 503s (retried by the sender)
+/// instead of unbounded memory. 4096 events is ~100 ms of peak commit throughput.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+/// Most events in one write transaction (one fsync).
+pub const DEFAULT_BATCH_MAX: usize = 512;
+/// Coroutine stack. Measured use is ~20 KiB (8 KiB of it the header array); simd-json's parser
+/// recursion is bounded by the depth limit. 64 KiB leaves a wide margin.
+pub const DEFAULT_STACK_BYTES: usize = 64 * 1024;
+/// Smallest stack accepted.
+pub const MIN_STACK_BYTES: usize = 64 * 1024;
+/// LMDB map size: the most the data file may grow to. 64-bit hosts: 16 GiB of address space
+/// (the file grows only as data is written). 32-bit hosts (armv7 Raspberry Pi OS): 512 MiB, as
+/// the map must fit the process's address space.
+pub const DEFAULT_MAP_SIZE_BYTES: u64 = if usize::BITS >= 64 {
+    16 << 30
+} else {
+    512 << 20
+};
+/// Pending connections the kernel queues while the accept loop catches up with a burst.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
+/// Descriptors kept back from the connection cap for LMDB, the listener, logs and the writer.
+pub const RESERVED_FDS: usize = 64;
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The path token; `None` means "use or create the one kept in the data directory".
+    pub token: Option<String>,
+    pub limits: http::Limits,
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub commit_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub dedup_window: Duration,
+    pub queue_capacity: usize,
+    pub batch_max: usize,
+    /// Open connections at most; the accept loop waits while at the cap.
+    pub max_connections: usize,
+    /// Coroutine worker threads (default: one per core).
+    pub workers: usize,
+    pub stack_bytes: usize,
+    pub map_size_bytes: u64,
+    pub max_json_depth: usize,
+    pub listen_backlog: u32,
+    pub log_level: Level,
+}
+
+/// The TOML file, as written. Every key is optional; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    token: Option<String>,
+    max_head_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_body_bytes: Option<usize>,
+    head_timeout: Option<String>,
+    body_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    write_timeout: Option<String>,
+    commit_timeout: Option<String>,
+    shutdown_timeout: Option<String>,
+    dedup_window: Option<String>,
+    queue_capacity: Option<usize>,
+    batch_max: Option<usize>,
+    max_connections: Option<usize>,
+    workers: Option<usize>,
+    stack_bytes: Option<usize>,
+    map_size_bytes: Option<u64>,
+    max_json_depth: Option<usize>,
+    listen_backlog: Option<u32>,
+    log_level: Option<String>,
+}
+
+/// What the command line said; each `Some` overrides the file.
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub token: Option<String>,
+}
+
+/// A configuration that cannot be used, with the key or file it concerns.
+#[derive(Debug)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn bad(key: &str, why: impl std::fmt::Display) -> Error {
+    Error(format!("config: `{key}`: {why}"))
+}
+
+/// The data directory when nothing configures one: systemd's `$STATE_DIRECTORY` (its first
+/// entry) when set, else [`DEFAULT_DATA_DIR`].
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| {
+            let s = v.to_string_lossy().into_owned();
+            s.split(':')
+                .next()
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+/// The connection cap derived from the soft descriptor limit.
+fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid `lim` out-pointer and has no other effects.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    let soft = if ok && lim.rlim_cur != libc::RLIM_INFINITY {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        65_536
+    };
+    soft.saturating_sub(RESERVED_FDS).max(16)
+}
+
+fn duration(key: &str, v: Option<String>, default: Duration) -> Result<Duration, Error> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let d = humantime::parse_duration(&s).map_err(|e| {
+                bad(
+                    key,
+                    format_args!("{e} (write e.g. \"5s\", \"10m\", \"7d\")"),
+                )
+            })?;
+            if d.is_zero() {
+                return Err(bad(key, "must be greater than zero"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    v: Option<T>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, Error> {
+    let v = v.unwrap_or(default);
+    if v < min || v > max {
+        return Err(bad(key, format_args!("{v} is outside {min}..={max}")));
+    }
+    Ok(v)
+}
+
+/// Whether a token is acceptable in a URL path segment and long enough to be a secret.
+pub fn check_token(t: &str) -> Result<(), Error> {
+    if t.len() < 16 {
+        return Err(bad("token", "must be at least 16 characters"));
+    }
+    if t.len() > 256 {
+        return Err(bad("token", "must be at most 256 characters"));
+    }
+    if !t
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    {
+        return Err(bad("token", "may hold only A-Z a-z 0-9 - _ . ~ (URL-safe)"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads the file named by `flags.config` (if any), applies the flags, and validates.
+    ///
+    /// # Errors
+    /// [`Error`] naming the file, key (and for syntax errors, line) that is wrong.
+    pub fn load(flags: &Flags) -> Result<Config, Error> {
+        let file = match &flags.config {
+            None => FileConfig::default(),
+            Some(path) => read_file(path)?,
+        };
+        Config::build(file, flags)
+    }
+
+    fn build(f: FileConfig, flags: &Flags) -> Result<Config, Error> {
+        let listen_text = flags
+            .listen
+            .clone()
+            .or(f.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_text.parse().map_err(|_| {
+            bad(
+                "listen",
+                format_args!("{listen_text:?} is not an IP:port address"),
+            )
+        })?;
+        let data_dir = flags
+            .data_dir
+            .clone()
+            .or(f.data_dir)
+            .unwrap_or_else(default_data_dir);
+        let token = flags.token.clone().or(f.token);
+        if let Some(t) = &token {
+            check_token(t)?;
+        }
+        let limits = http::Limits {
+            max_head_bytes: in_range(
+                "max_head_bytes",
+                f.max_head_bytes,
+                DEFAULT_MAX_HEAD_BYTES,
+                1024,
+                1 << 20,
+            )?,
+            max_headers: in_range(
+                "max_headers",
+                f.max_headers,
+                DEFAULT_MAX_HEADERS,
+                64,
+                HEADER_SLOTS,
+            )?,
+            max_body_bytes: in_range(
+                "max_body_bytes",
+                f.max_body_bytes,
+                DEFAULT_MAX_BODY_BYTES,
+                1,
+                16 << 20,
+            )?,
+        };
+        let commit_timeout = duration("commit_timeout", f.commit_timeout, DEFAULT_COMMIT_TIMEOUT)?;
+        if commit_timeout >= SENDER_RESPONSE_BUDGET {
+            return Err(bad(
+                "commit_timeout",
+                "must be under 15s: the sender gives up on a response after 15 s",
+            ));
+        }
+        let dedup_window = duration("dedup_window", f.dedup_window, DEFAULT_DEDUP_WINDOW)?;
+        if dedup_window < MIN_DEDUP_WINDOW {
+            return Err(bad(
+                "dedup_window",
+                "must be at least 16m, the sender's retry window",
+            ));
+        }
+        let workers_default = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let log_level = match f.log_level {
+            None => Level::Info,
+            Some(s) => Level::parse(&s)
+                .ok_or_else(|| bad("log_level", "must be one of error, warn, info, debug"))?,
+        };
+        Ok(Config {
+            listen,
+            data_dir,
+            token,
+            limits,
+            head_timeout: duration("head_timeout", f.head_timeout, DEFAULT_HEAD_TIMEOUT)?,
+            body_timeout: duration("body_timeout", f.body_timeout, DEFAULT_BODY_TIMEOUT)?,
+            idle_timeout: duration("idle_timeout", f.idle_timeout, DEFAULT_IDLE_TIMEOUT)?,
+            write_timeout: duration("write_timeout", f.write_timeout, DEFAULT_WRITE_TIMEOUT)?,
+            commit_timeout,
+            shutdown_timeout: duration(
+                "shutdown_timeout",
+                f.shutdown_timeout,
+                DEFAULT_SHUTDOWN_TIMEOUT,
+            )?,
+            dedup_window,
+            queue_capacity: in_range(
+                "queue_capacity",
+                f.queue_capacity,
+                DEFAULT_QUEUE_CAPACITY,
+                1,
+                1 << 20,
+            )?,
+            batch_max: in_range("batch_max", f.batch_max, DEFAULT_BATCH_MAX, 1, 65_536)?,
+            max_connections: in_range(
+                "max_connections",
+                f.max_connections,
+                default_max_connections(),
+                1,
+                1 << 24,
+            )?,
+            workers: in_range("workers", f.workers, workers_default, 1, 1024)?,
+            stack_bytes: in_range(
+                "stack_bytes",
+                f.stack_bytes,
+                DEFAULT_STACK_BYTES,
+                MIN_STACK_BYTES,
+                16 << 20,
+            )?,
+            map_size_bytes: in_range(
+                "map_size_bytes",
+                f.map_size_bytes,
+                DEFAULT_MAP_SIZE_BYTES,
+                1 << 20,
+                1 << 44,
+            )?,
+            max_json_depth: in_range(
+                "max_json_depth",
+                f.max_json_depth,
+                crate::decode::json::MAX_JSON_DEPTH,
+                1,
+                64,
+            )?,
+            listen_backlog: in_range(
+                "listen_backlog",
+                f.listen_backlog,
+                DEFAULT_LISTEN_BACKLOG,
+                1,
+                65_535,
+            )?,
+            log_level,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error(format!("config: cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| Error(format!("config: {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| Error(e.to_string()))?;
+        Config::build(file, &Flags::default())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.commit_timeout, DEFAULT_COMMIT_TIMEOUT);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file: FileConfig = toml::from_str("listen = \"127.0.0.1:1\"").unwrap();
+        let flags = Flags {
+            listen: Some("127.0.0.1:2".into()),
+            ..Flags::default()
+        };
+        assert_eq!(Config::build(file, &flags).unwrap().listen.port(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("nonsense = 1", "nonsense"),
+            ("listen = \"nowhere\"", "listen"),
+            ("max_body_bytes = 0", "max_body_bytes"),
+            ("commit_timeout = \"15s\"", "commit_timeout"),
+            ("dedup_window = \"10m\"", "dedup_window"),
+            ("head_timeout = \"soon\"", "head_timeout"),
+            ("token = \"short\"", "token"),
+            ("token = \"has/slash/0123456789\"", "token"),
+            ("log_level = \"loud\"", "log_level"),
+            ("max_headers = 500", "max_headers"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_give_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:1\"\nmax_body_bytes = \"big\"\n").unwrap();
+        let err = Config::load(&Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("max_body_bytes"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,439 @@
+//! One connection: read requests, frame them, hand events to the writer, and answer in order.
+//!
+//! Owns the per-connection loop (one coroutine each): buffers, deadlines, pipelining,
+//! `Expect: 100-continue`, keep-alive and closing. It does not own framing rules (`http.rs`),
+//! routing (`route.rs`), decoding (`decode/`), statuses (`response.rs`) or the accept loop
+//! (`server.rs`).
+//!
+//! Responses leave in request order. Requests already in the buffer are parsed and queued
+//! without waiting for earlier commits (pipelining); answers are written whenever the loop is
+//! about to block on the socket, so a malformed request after good ones still gets the good
+//! ones' answers out first. Memory per connection is bounded by the head and body limits plus
+//! one read chunk, whatever the client sends.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use may::net::TcpStream;
+
+use crate::decode::{self, Decoded, JsonDecoder};
+use crate::event::{BodyFormat, Event, MAX_CONTENT_TYPE_BYTES};
+use crate::http::{self, ChunkedDecoder, Framing, Head, Method, Status};
+use crate::response::{Answer, Unavailable};
+use crate::route::{self, Route};
+use crate::server::Shared;
+use crate::writer::{Job, Outcome, Reply, SubmitError};
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Requests parsed ahead of their answers on one connection; past this the answers are written
+/// before more is parsed, bounding queued work per connection.
+pub const MAX_PIPELINED: usize = 32;
+
+/// After an error answer, how long unread input is drained before closing, so the kernel does
+/// not reset the connection (and destroy the answer) because of unread bytes.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Most bytes drained while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Counts a request from its parsed head until its answer is written (or the connection dies):
+/// shutdown waits for this to reach zero.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An answer not yet written.
+struct Pending<'a> {
+    what: PendingAnswer,
+    keep_alive: bool,
+    http10: bool,
+    _in_flight: InFlight<'a>,
+}
+
+enum PendingAnswer {
+    Ready(Answer),
+    /// Waiting for the writer, until the deadline.
+    Commit(Arc<Reply>, Instant),
+}
+
+/// Result of trying to read more.
+enum Fill {
+    Data,
+    Eof,
+    Timeout,
+}
+
+/// Why the loop ended.
+enum End {
+    /// Answers written; close after lingering.
+    Close,
+    /// The peer is gone or the socket failed: nothing more can be written.
+    Dead,
+}
+
+/// Serves one accepted connection until it closes.
+pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(shared.settings.write_timeout));
+    let mut conn = Conn {
+        stream,
+        peer,
+        shared,
+        rbuf: Vec::with_capacity(4096),
+        start: 0,
+        wbuf: Vec::with_capacity(512),
+        pending: VecDeque::new(),
+        json: JsonDecoder::new(shared.settings.max_json_depth),
+    };
+    if let End::Close = conn.run() {
+        conn.linger();
+    }
+}
+
+struct Conn<'a> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &'a Shared,
+    /// Bytes read; `start` is where the unconsumed part begins.
+    rbuf: Vec<u8>,
+    start: usize,
+    wbuf: Vec<u8>,
+    pending: VecDeque<Pending<'a>>,
+    json: JsonDecoder,
+}
+
+impl<'a> Conn<'a> {
+    fn run(&mut self) -> End {
+        loop {
+            let head = match self.next_head() {
+                Ok(Some(h)) => h,
+                Ok(None) => return self.finish(),
+                Err(end) => return end,
+            };
+            let in_flight = InFlight::new(&self.shared.in_flight);
+            match self.handle(head, in_flight) {
+                Ok(true) => {}
+                Ok(false) => return self.finish(),
+                Err(end) => return end,
+            }
+            if self.pending.len() >= MAX_PIPELINED && self.flush().is_err() {
+                return End::Dead;
+            }
+        }
+    }
+
+    /// Reads until a complete head is at `start`. `Ok(None)`: the client closed or went idle
+    /// between requests (nothing to answer).
+    fn next_head(&mut self) -> Result<Option<Head>, End> {
+        let settings = &self.shared.settings;
+        let mut head_started = (self.start < self.rbuf.len()).then(Instant::now);
+        loop {
+            match http::parse_head(&self.rbuf[self.start..], &settings.limits) {
+                Ok(Status::Complete(h)) => return Ok(Some(h)),
+                Ok(Status::Partial) => {}
+                Err(e) => {
+                    let in_flight = InFlight::new(&self.shared.in_flight);
+                    self.reject(Answer::Framing(e), in_flight, false);
+                    return Err(self.finish());
+                }
+            }
+            let deadline = match head_started {
+                Some(t) => t + settings.head_timeout,
+                None => Instant::now() + settings.idle_timeout,
+            };
+            match self.fill(deadline)? {
+                Fill::Data => {
+                    head_started.get_or_insert_with(Instant::now);
+                }
+                Fill::Eof => return Ok(None),
+                Fill::Timeout if head_started.is_none() => return Ok(None),
+                Fill::Timeout => {
+                    let in_flight = InFlight::new(&self.shared.in_flight);
+                    self.reject(Answer::RequestTimeout, in_flight, false);
+                    return Err(self.finish());
+                }
+            }
+        }
+    }
+
+    /// Handles one request whose head is parsed. `Ok(true)`: the connection stays open.
+    fn handle(&mut self, head: Head, in_flight: InFlight<'a>) -> Result<bool, End> {
+        self.start += head.len;
+        let shared = self.shared;
+        let early = match route::route(&head.target, &shared.token) {
+            _ if shared.is_shutting_down() => Err(Answer::Unavailable(Unavailable::ShuttingDown)),
+            Route::NotFound => Err(Answer::NotFound),
+            Route::Hook(_) if head.method != Method::Post => Err(Answer::MethodNotAllowed),
+            Route::Hook(hook) => Ok(hook),
+        };
+        let hook = match early {
+            Ok(hook) => hook,
+            Err(answer) => {
+                // The body is not wanted. Skip it when it is already here; otherwise close
+                // rather than read what may be a large or endless upload.
+                let keep = match head.framing {
+                    Framing::Length(n) if self.rbuf.len() - self.start >= n => {
+                        self.start += n;
+                        head.keep_alive
+                    }
+                    _ => false,
+                };
+                self.push(PendingAnswer::Ready(answer), keep, head.http10, in_flight);
+                return Ok(keep);
+            }
+        };
+        let body = match self.read_body(&head) {
+            Ok(Some(body)) => body,
+            // The body did not arrive in time. No 4xx: the sender would treat it as final and
+            // drop the event; a closed connection makes it retry.
+            Ok(None) => return Err(self.finish_silently(in_flight)),
+            Err(BodyError::Framing(e)) => {
+                self.reject(Answer::Framing(e), in_flight, head.http10);
+                return Err(self.finish());
+            }
+            Err(BodyError::Dead) => return Err(End::Dead),
+        };
+        let content_type = head.content_type.as_deref();
+        let decoded = decode::decode_body(&mut self.json, hook, content_type, &body);
+        let (kind, format, callid, quarantine) = match decoded {
+            Decoded::Event {
+                kind,
+                format,
+                callid,
+            } => (kind, format, callid, None),
+            Decoded::Quarantine(reason) => {
+                crate::log::warn_limited(
+                    "quarantine",
+                    format_args!("quarantined a body from {}: {reason}", self.peer.ip()),
+                );
+                (
+                    hook.name().to_string(),
+                    BodyFormat::Undecoded,
+                    None,
+                    Some(reason),
+                )
+            }
+        };
+        let mut content_type = head.content_type.unwrap_or_default();
+        content_type.truncate(MAX_CONTENT_TYPE_BYTES);
+        let reply = Reply::new();
+        let job = Job {
+            event: Event {
+                kind,
+                format,
+                peer: Some(self.peer),
+                content_type,
+                body,
+                callid,
+            },
+            quarantine,
+            reply: reply.clone(),
+        };
+        let what = match shared.queue.submit(job) {
+            Ok(()) => PendingAnswer::Commit(reply, Instant::now() + shared.settings.commit_timeout),
+            Err(SubmitError::Full) => {
+                crate::log::warn_limited(
+                    "queue-full",
+                    format_args!("writer queue full, answering 503"),
+                );
+                PendingAnswer::Ready(Answer::Unavailable(Unavailable::QueueFull))
+            }
+            Err(SubmitError::Stopped) => {
+                PendingAnswer::Ready(Answer::Unavailable(Unavailable::ShuttingDown))
+            }
+        };
+        self.push(what, head.keep_alive, head.http10, in_flight);
+        Ok(head.keep_alive)
+    }
+
+    /// Reads the body the head announces. `Ok(None)` when the body deadline passed.
+    fn read_body(&mut self, head: &Head) -> Result<Option<Vec<u8>>, BodyError> {
+        let settings = &self.shared.settings;
+        let deadline = Instant::now() + settings.body_timeout;
+        let buffered = |c: &Self| c.rbuf.len() - c.start;
+        let body_complete = match head.framing {
+            Framing::Length(n) => buffered(self) >= n,
+            Framing::Chunked => false,
+        };
+        if head.expect_continue && !body_complete {
+            // RFC 9110 §10.1.1: the client waits for 100 before sending the body.
+            self.flush().map_err(|_| BodyError::Dead)?;
+            self.wbuf.clear();
+            Answer::Continue.write(&mut self.wbuf, true, false);
+            self.write_wbuf().map_err(|_| BodyError::Dead)?;
+        }
+        match head.framing {
+            Framing::Length(n) => {
+                while buffered(self) < n {
+                    match self.fill(deadline).map_err(|_| BodyError::Dead)? {
+                        Fill::Data => {}
+                        Fill::Eof => return Err(BodyError::Dead),
+                        Fill::Timeout => return Ok(None),
+                    }
+                }
+                let body = self.rbuf[self.start..self.start + n].to_vec();
+                self.start += n;
+                Ok(Some(body))
+            }
+            Framing::Chunked => {
+                let limits = settings.limits;
+                let mut decoder = ChunkedDecoder::new(limits.max_body_bytes, limits.max_head_bytes);
+                let mut body = Vec::new();
+                loop {
+                    let (used, done) = decoder
+                        .decode(&self.rbuf[self.start..], &mut body)
+                        .map_err(BodyError::Framing)?;
+                    self.start += used;
+                    if done {
+                        return Ok(Some(body));
+                    }
+                    match self.fill(deadline).map_err(|_| BodyError::Dead)? {
+                        Fill::Data => {}
+                        Fill::Eof => return Err(BodyError::Dead),
+                        Fill::Timeout => return Ok(None),
+                    }
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, what: PendingAnswer, keep_alive: bool, http10: bool, f: InFlight<'a>) {
+        self.pending.push_back(Pending {
+            what,
+            keep_alive,
+            http10,
+            _in_flight: f,
+        });
+    }
+
+    /// Queues a final error answer; the connection closes after it.
+    fn reject(&mut self, answer: Answer, in_flight: InFlight<'a>, http10: bool) {
+        if let Answer::Framing(e) = answer {
+            crate::log::warn_limited(
+                "bad-request",
+                format_args!("refused a request from {}: {}", self.peer.ip(), e.reason()),
+            );
+        }
+        self.push(PendingAnswer::Ready(answer), false, http10, in_flight);
+    }
+
+    /// Writes every pending answer, then reports the connection as done.
+    fn finish(&mut self) -> End {
+        match self.flush() {
+            Ok(()) => End::Close,
+            Err(_) => End::Dead,
+        }
+    }
+
+    /// Writes earlier answers, then drops the current request without one.
+    fn finish_silently(&mut self, in_flight: InFlight<'a>) -> End {
+        let end = self.finish();
+        drop(in_flight);
+        end
+    }
+
+    /// Waits for each pending answer in order and writes them all.
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.wbuf.clear();
+        while let Some(p) = self.pending.pop_front() {
+            let answer = match p.what {
+                PendingAnswer::Ready(a) => a,
+                PendingAnswer::Commit(reply, deadline) => match reply.wait(deadline) {
+                    Some(Outcome::Stored(_)) => Answer::Stored,
+                    Some(Outcome::Duplicate(_)) => Answer::Duplicate,
+                    Some(Outcome::Quarantined(_)) => Answer::Quarantined,
+                    Some(Outcome::Failed) => Answer::Unavailable(Unavailable::CommitFailed),
+                    None => Answer::Unavailable(Unavailable::CommitTimeout),
+                },
+            };
+            answer.write(&mut self.wbuf, p.keep_alive, p.http10);
+            // `p` (and its in-flight count) is dropped once its bytes are queued.
+        }
+        self.write_wbuf()
+    }
+
+    fn write_wbuf(&mut self) -> std::io::Result<()> {
+        let result = self.stream.write_all(&self.wbuf);
+        self.wbuf.clear();
+        result
+    }
+
+    /// Writes pending answers, then reads more input until `deadline`.
+    fn fill(&mut self, deadline: Instant) -> Result<Fill, End> {
+        if self.flush().is_err() {
+            return Err(End::Dead);
+        }
+        if self.start > 0 {
+            self.rbuf.drain(..self.start);
+            self.start = 0;
+        }
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Ok(Fill::Timeout);
+            };
+            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
+                return Ok(Fill::Timeout);
+            }
+            let len = self.rbuf.len();
+            self.rbuf.resize(len + READ_CHUNK_BYTES, 0);
+            let result = self.stream.read(&mut self.rbuf[len..]);
+            let n = *result.as_ref().unwrap_or(&0);
+            self.rbuf.truncate(len + n);
+            return match result {
+                Ok(0) => Ok(Fill::Eof),
+                Ok(_) => Ok(Fill::Data),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+                    Ok(Fill::Timeout)
+                }
+                Err(_) => Err(End::Dead),
+            };
+        }
+    }
+
+    /// Half-closes and drains what the client still sends, briefly and boundedly, so the
+    /// answers just written are not destroyed by a reset.
+    fn linger(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + LINGER;
+        let mut drained = 0;
+        let mut buf = [0u8; 4096];
+        while drained < LINGER_BYTES {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    }
+}
+
+enum BodyError {
+    Framing(http::Error),
+    Dead,
+}

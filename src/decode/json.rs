@@ -1,0 +1,209 @@
+//! JSON event decoding with simd-json: validate the body as one JSON object and pull out the two
+//! fields the gateway needs (`event` for the kind, `callid` for the call index).
+//!
+//! Owns validation and field extraction only; the body itself is stored as received
+//! (`event.rs`). simd-json unescapes strings in place, so the body is first copied into a
+//! reused, padded scratch buffer: the stored bytes are never touched, and after the first
+//! request of a connection no allocation happens here for bodies up to the largest seen.
+
+use simd_json::{Buffers, INPUT_PADDING, Node, StaticNode, Tape};
+
+/// Deepest nesting accepted. didlogic's payloads are flat (depth 1). simd-json's parser
+/// recurses per level; an unbounded depth overflows a coroutine stack at roughly 100 levels, so
+/// the limit is far below that and far above any real payload.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// What the gateway takes from a valid JSON object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JsonFields {
+    /// The top-level `event` string, if present and a string.
+    pub event: Option<String>,
+    /// The top-level `callid` string (or integer, as its decimal text), if present.
+    pub callid: Option<String>,
+}
+
+/// Why a body is not a JSON event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// Not valid JSON (the parser's message, with position).
+    Invalid(String),
+    /// Valid JSON, but not an object.
+    NotAnObject,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Invalid(m) => write!(f, "invalid JSON: {m}"),
+            Error::NotAnObject => f.write_str("JSON is not an object"),
+        }
+    }
+}
+
+/// Reusable parser state; one per connection.
+pub struct JsonDecoder {
+    scratch: Vec<u8>,
+    buffers: Buffers,
+    tape: Vec<Node<'static>>,
+}
+
+impl Default for JsonDecoder {
+    fn default() -> Self {
+        Self::new(MAX_JSON_DEPTH)
+    }
+}
+
+impl JsonDecoder {
+    /// A decoder refusing nesting deeper than `max_depth`.
+    pub fn new(max_depth: usize) -> Self {
+        JsonDecoder {
+            scratch: Vec::new(),
+            buffers: Buffers::with_max_depth(1024, max_depth),
+            tape: Vec::new(),
+        }
+    }
+
+    /// Validates `body` as a JSON object and extracts [`JsonFields`].
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for anything serde_json would also refuse, [`Error::NotAnObject`] for
+    /// valid JSON that is an array, string, number, `true`, `false` or `null`.
+    pub fn decode(&mut self, body: &[u8]) -> Result<JsonFields, Error> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(body);
+        self.scratch.resize(body.len() + INPUT_PADDING, 0);
+        let mut tape = Tape(std::mem::take(&mut self.tape));
+        let result = simd_json::fill_tape_padded(
+            &mut self.scratch,
+            body.len(),
+            &mut self.buffers,
+            &mut tape,
+        )
+        .map_err(|e| Error::Invalid(e.to_string()))
+        .and_then(|()| fields(&tape.0));
+        self.tape = tape.reset().0;
+        result
+    }
+}
+
+/// Walks the top level of an object tape; later duplicates of a key win, as in serde_json.
+fn fields(nodes: &[Node<'_>]) -> Result<JsonFields, Error> {
+    let Some(Node::Object { len, .. }) = nodes.first() else {
+        return Err(Error::NotAnObject);
+    };
+    let mut out = JsonFields::default();
+    let mut i = 1;
+    for _ in 0..*len {
+        let key = match nodes.get(i) {
+            Some(Node::String(k)) => *k,
+            _ => break,
+        };
+        let Some(value) = nodes.get(i + 1) else { break };
+        match (key, value) {
+            ("event", Node::String(s)) => out.event = Some((*s).to_string()),
+            ("event", _) => out.event = None,
+            ("callid", Node::String(s)) => out.callid = Some((*s).to_string()),
+            ("callid", Node::Static(StaticNode::I64(n))) => out.callid = Some(n.to_string()),
+            ("callid", Node::Static(StaticNode::U64(n))) => out.callid = Some(n.to_string()),
+            ("callid", _) => out.callid = None,
+            _ => {}
+        }
+        i += 1 + node_span(value);
+    }
+    Ok(out)
+}
+
+/// How many tape nodes a value occupies, itself included.
+fn node_span(node: &Node<'_>) -> usize {
+    match node {
+        Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CDR: &str = r#"{"calldate":"2026-05-12T05:17:58Z","callid":"82xg86dv6jhl0p8xu0l3","direction":"outbound","disposition":"ANSWERED","dst":"448081697031","duration":9,"billsec":7,"event":"cdr","src":"441273004315","user_id":76141}"#;
+
+    #[test]
+    fn extracts_event_and_callid() {
+        let mut d = JsonDecoder::default();
+        let f = d.decode(CDR.as_bytes()).unwrap();
+        assert_eq!(f.event.as_deref(), Some("cdr"));
+        assert_eq!(f.callid.as_deref(), Some("82xg86dv6jhl0p8xu0l3"));
+    }
+
+    #[test]
+    fn table() {
+        /// `Ok((event, callid))`, or `Err(())` for a refused body.
+        type Want = Result<(Option<&'static str>, Option<&'static str>), ()>;
+        let cases: &[(&str, Want)] = &[
+            (r#"{}"#, Ok((None, None))),
+            (
+                r#"{"event":"recording","callid":7}"#,
+                Ok((Some("recording"), Some("7"))),
+            ),
+            (
+                r#"{"nested":{"event":"x","callid":"y"},"event":"z"}"#,
+                Ok((Some("z"), None)),
+            ),
+            (r#"{"a":[1,{"b":[]}],"callid":"c"}"#, Ok((None, Some("c")))),
+            (r#"{"event":"a","event":"b"}"#, Ok((Some("b"), None))),
+            (r#"{"event":1}"#, Ok((None, None))),
+            (r#"{"event":"caf\u00e9"}"#, Ok((Some("café"), None))),
+            (" \n{\"event\" : \"cdr\"}\n", Ok((Some("cdr"), None))),
+            (r#"{"a":1"#, Err(())),
+            (r#"{"a":1} x"#, Err(())),
+            (
+                r#"// c
+{}"#,
+                Err(()),
+            ),
+            (r#"{"a":tru}"#, Err(())),
+            ("", Err(())),
+        ];
+        let mut d = JsonDecoder::default();
+        for (input, want) in cases {
+            let got = d
+                .decode(input.as_bytes())
+                .map(|f| (f.event, f.callid))
+                .map_err(|_| ());
+            let want = want
+                .as_ref()
+                .map(|(e, c)| (e.map(str::to_string), c.map(str::to_string)))
+                .map_err(|_| ());
+            assert_eq!(got, want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn non_objects_are_refused_as_such() {
+        let mut d = JsonDecoder::default();
+        for input in ["[]", "\"cdr\"", "1", "true", "null"] {
+            assert_eq!(
+                d.decode(input.as_bytes()),
+                Err(Error::NotAnObject),
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn deep_nesting_fails_cleanly() {
+        let mut d = JsonDecoder::default();
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(5000), "]".repeat(5000));
+        assert!(matches!(d.decode(deep.as_bytes()), Err(Error::Invalid(_))));
+        let ok = format!("{{\"a\":{}{}}}", "[".repeat(20), "]".repeat(20));
+        assert!(d.decode(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn body_is_not_modified() {
+        let body = br#"{"event":"a\nb"}"#.to_vec();
+        let copy = body.clone();
+        JsonDecoder::default().decode(&body).unwrap();
+        assert_eq!(body, copy);
+    }
+}

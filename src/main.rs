@@ -1,0 +1,288 @@
+//! The `didgate` binary: parses the command line and calls one `run` per subcommand. All logic
+//! lives in the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use didgate::cli;
+use didgate::config::{self, Config, Flags};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// didgate: a webhook gateway for didlogic's CDR, recording and SMS webhooks.
+///
+/// `serve` answers 200 only after each event is committed to disk (LMDB, fsync on commit);
+/// the other subcommands read what arrived, while `serve` runs.
+#[derive(Parser)]
+#[command(version, about, long_about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: receive webhooks, commit each to disk, then answer 200.
+    ///
+    /// Prints the three webhook URLs to give didlogic once it listens. Stops on SIGTERM or
+    /// SIGINT after answering what is in flight. Exit status 0 after a clean stop, 1 when it
+    /// cannot start (the message says why), 70 when the store became unusable.
+    Serve(ServeArgs),
+    /// Print the last events, and with -f follow new ones as they are committed.
+    Tail(TailArgs),
+    /// Export events in a time range as JSON lines or CSV.
+    ///
+    /// --since is inclusive and --until exclusive; T is RFC 3339 (2026-05-12T05:17:58Z) or a
+    /// date (2026-05-12 = 00:00 UTC), so `--since 2026-05-12 --until 2026-05-13` is one day.
+    Export(ExportArgs),
+    /// Print every event of one call (its CDR and recordings), oldest first.
+    ///
+    /// Exit status 1 when no event has that callid.
+    Get(GetArgs),
+    /// Print counts per kind and per day, duplicates, quarantined, first and last event,
+    /// database size.
+    Stats(StatsArgs),
+    /// Bodies that were kept but could not be decoded, with the reason.
+    Quarantine(QuarantineArgs),
+    /// Validate a configuration file without starting.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Secret path segment of the webhook URLs (at least 16 URL-safe characters). Without it,
+    /// one is generated on first start and kept in the data directory.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+}
+
+/// Where the store is: shared by every subcommand.
+#[derive(Args)]
+struct DataArgs {
+    /// Data directory [default: $STATE_DIRECTORY when set by systemd, else ./didgate-data].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Configuration file (TOML); flags override it. See docs/configuration.md.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TailArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// How many of the last events to print.
+    #[arg(short = 'n', long = "lines", default_value_t = 10, value_name = "N")]
+    lines: usize,
+    /// Keep following: print new events as they are committed (stop with Ctrl-C).
+    #[arg(short, long)]
+    follow: bool,
+    /// Only events of this kind (cdr, recording, sms, or any other stored kind).
+    #[arg(long, value_name = "K")]
+    kind: Option<String>,
+    /// Print each stored body exactly as received, one per line, instead of JSON lines.
+    #[arg(long)]
+    raw: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// First stamp included (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_name = "T")]
+    since: Option<String>,
+    /// First stamp excluded (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_name = "T")]
+    until: Option<String>,
+    /// Only events of this kind; required for CSV.
+    #[arg(long, value_name = "K")]
+    kind: Option<String>,
+    /// jsonl: one JSON object per line; csv: a header row (the kind's documented fields
+    /// first, then any others seen) and one row per event.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: FormatArg,
+    /// With jsonl: print each stored body exactly as received instead of JSON lines.
+    #[arg(long)]
+    raw: bool,
+}
+
+#[derive(Args)]
+struct GetArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The call's `callid`, as in its CDR.
+    callid: String,
+    /// Print each stored body exactly as received instead of JSON lines.
+    #[arg(long)]
+    raw: bool,
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct QuarantineArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(subcommand)]
+    action: Option<QuarantineAction>,
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// One JSON line per quarantined body, with the reason and a preview (the default).
+    List,
+    /// One quarantined body in full.
+    Show {
+        /// Its number, as `list` shows it.
+        seq: u64,
+        /// Print the exact bytes received instead of a JSON line.
+        #[arg(long)]
+        raw: bool,
+    },
+}
+
+#[derive(Args)]
+struct CheckConfigArgs {
+    /// The file to check.
+    file: PathBuf,
+}
+
+impl DataArgs {
+    /// The data directory: --data, else the config file's `data_dir`, else the default.
+    fn dir(&self) -> Result<PathBuf, config::Error> {
+        if let Some(d) = &self.data {
+            return Ok(d.clone());
+        }
+        if self.config.is_some() {
+            return Ok(Config::load(&self.flags())?.data_dir);
+        }
+        Ok(config::default_data_dir())
+    }
+
+    fn flags(&self) -> Flags {
+        Flags {
+            config: self.config.clone(),
+            data_dir: self.data.clone(),
+            ..Flags::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => {
+            let flags = Flags {
+                listen: a.listen,
+                token: a.token,
+                ..a.data.flags()
+            };
+            let result = Config::load(&flags)
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| didgate::server::run(cfg).map_err(|e| e.to_string()));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("didgate: error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::CheckConfig(a) => {
+            let flags = Flags {
+                config: Some(a.file.clone()),
+                ..Flags::default()
+            };
+            match Config::load(&flags) {
+                Ok(_) => {
+                    println!("{}: ok", a.file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("didgate: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Tail(a) => read(&a.data, |store, out| {
+            let args = cli::tail::Args {
+                lines: a.lines,
+                follow: a.follow,
+                kind: a.kind.clone(),
+                raw: a.raw,
+            };
+            cli::tail::run(store, &args, out)
+        }),
+        Command::Export(a) => read(&a.data, |store, out| {
+            let args = cli::export::Args {
+                since: a.since.clone(),
+                until: a.until.clone(),
+                kind: a.kind.clone(),
+                format: match a.format {
+                    FormatArg::Jsonl => cli::export::Format::Jsonl,
+                    FormatArg::Csv => cli::export::Format::Csv,
+                },
+                raw: a.raw,
+            };
+            cli::export::run(store, &args, out)
+        }),
+        Command::Get(a) => read(&a.data, |store, out| {
+            cli::get::run(store, &a.callid, a.raw, out)
+        }),
+        Command::Stats(a) => read(&a.data, |store, out| cli::stats::run(store, a.json, out)),
+        Command::Quarantine(a) => read(&a.data, |store, out| match &a.action {
+            None | Some(QuarantineAction::List) => cli::quarantine::list(store, out),
+            Some(QuarantineAction::Show { seq, raw }) => {
+                cli::quarantine::show(store, *seq, *raw, out)
+            }
+        }),
+    }
+}
+
+/// Opens the store read-only and runs one reader; errors are one line on stderr.
+fn read(
+    data: &DataArgs,
+    f: impl FnOnce(&didgate::store::Store, &mut std::io::StdoutLock<'static>) -> cli::Result<()>,
+) -> ExitCode {
+    let result = data
+        .dir()
+        .map_err(|e| cli::Error::Usage(e.to_string()))
+        .and_then(|dir| cli::open(&dir))
+        .and_then(|store| {
+            let mut out = std::io::stdout().lock();
+            let r = f(&store, &mut out);
+            r.and_then(|()| out.flush().map_err(cli::Error::from))
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.exit_code();
+            if code != 0 {
+                eprintln!("didgate: {e}");
+            }
+            ExitCode::from(code as u8)
+        }
+    }
+}

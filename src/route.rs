@@ -1,0 +1,122 @@
+//! Routing: which hook a request target names, and whether it carries the right token.
+//!
+//! Owns the URL shape `/hooks/{token}/{cdr|recording|sms}`; it does not look at methods or
+//! bodies (the connection and `decode/` do). The token is compared in constant time so its
+//! bytes cannot be probed by timing.
+
+use subtle::ConstantTimeEq;
+
+/// The three webhook endpoints didlogic is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Cdr,
+    Recording,
+    Sms,
+}
+
+impl Hook {
+    /// Every hook, in the order the start-up line prints them.
+    pub const ALL: [Hook; 3] = [Hook::Cdr, Hook::Recording, Hook::Sms];
+
+    /// The last path segment, also the default kind of a body posted here.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Cdr => "cdr",
+            Hook::Recording => "recording",
+            Hook::Sms => "sms",
+        }
+    }
+
+    fn from_name(s: &[u8]) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.name().as_bytes() == s)
+    }
+}
+
+/// Where a request target leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// A hook path with the right token.
+    Hook(Hook),
+    /// Anything else, a wrong token included (indistinguishable from outside, on purpose).
+    NotFound,
+}
+
+/// Resolves a request target (RFC 9112 §3.2: origin-form `/path?query`, or absolute-form
+/// `http://host/path`, which servers must accept) against the expected token.
+pub fn route(target: &[u8], token: &[u8]) -> Route {
+    let path = origin_path(target);
+    let path = match memchr::memchr(b'?', path) {
+        Some(i) => &path[..i],
+        None => path,
+    };
+    let Some(rest) = path.strip_prefix(b"/hooks/") else {
+        return Route::NotFound;
+    };
+    let Some(slash) = memchr::memchr(b'/', rest) else {
+        return Route::NotFound;
+    };
+    let (given, hook) = (&rest[..slash], &rest[slash + 1..]);
+    let Some(hook) = Hook::from_name(hook) else {
+        return Route::NotFound;
+    };
+    if token_matches(given, token) {
+        Route::Hook(hook)
+    } else {
+        Route::NotFound
+    }
+}
+
+/// Constant-time comparison (for equal lengths; the length of a token is not secret).
+pub fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && bool::from(given.ct_eq(expected))
+}
+
+fn origin_path(target: &[u8]) -> &[u8] {
+    for scheme in [&b"http://"[..], &b"https://"[..]] {
+        if target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            let after = &target[scheme.len()..];
+            return match memchr::memchr(b'/', after) {
+                Some(i) => &after[i..],
+                None => b"/",
+            };
+        }
+    }
+    target
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let t = b"s3cr3t-token-0123456789";
+        let cases: &[(&str, Route)] = &[
+            ("/hooks/s3cr3t-token-0123456789/cdr", Route::Hook(Hook::Cdr)),
+            (
+                "/hooks/s3cr3t-token-0123456789/recording",
+                Route::Hook(Hook::Recording),
+            ),
+            (
+                "/hooks/s3cr3t-token-0123456789/sms?x=1",
+                Route::Hook(Hook::Sms),
+            ),
+            (
+                "http://gw.example:8080/hooks/s3cr3t-token-0123456789/sms",
+                Route::Hook(Hook::Sms),
+            ),
+            ("/hooks/s3cr3t-token-0123456788/cdr", Route::NotFound),
+            ("/hooks/s3cr3t-token-012345678/cdr", Route::NotFound),
+            ("/hooks/s3cr3t-token-0123456789/cdr/", Route::NotFound),
+            ("/hooks/s3cr3t-token-0123456789/CDR", Route::NotFound),
+            ("/hooks/s3cr3t-token-0123456789", Route::NotFound),
+            ("/hooks//cdr", Route::NotFound),
+            ("/", Route::NotFound),
+            ("*", Route::NotFound),
+            ("http://host", Route::NotFound),
+        ];
+        for (target, want) in cases {
+            assert_eq!(route(target.as_bytes(), t), *want, "{target}");
+        }
+    }
+}

@@ -1,0 +1,948 @@
+//! The LMDB environment: databases, key layout, the write transaction the writer uses and the
+//! short read transactions the reader tool uses.
+//!
+//! This is the only file that touches `lmdb-rkv`, so the binding can be swapped here alone. It
+//! owns keys and databases; the bytes of one record belong to `event.rs`, and batching,
+//! deadlines and waking requests belong to `writer.rs`. The layout is documented for outside
+//! readers in `docs/storage.md` (schema version [`SCHEMA_VERSION`]).
+//!
+//! | database     | key                                   | value                          |
+//! |--------------|---------------------------------------|--------------------------------|
+//! | `events`     | seq u64 BE                            | record (`event.rs`)            |
+//! | `calls`      | callid bytes, 0x00, seq u64 BE        | empty                          |
+//! | `dedup`      | xxh3-128(body) BE, seq u64 BE         | empty                          |
+//! | `quarantine` | seq u64 BE (own sequence)             | reason len u16 BE, reason, record |
+//! | `counts`     | `events/K`, `day/YYYY-MM-DD/K`, `duplicates/K` | u64 BE                |
+//! | `meta`       | `schema_version`                      | u32 BE                         |
+//!
+//! No database uses `MDB_DUPSORT`: multi-valued indexes are composite keys, so any key/value
+//! store can hold the same layout.
+//!
+//! # Caveats
+//! LMDB allows one write transaction at a time per environment, across processes; only the
+//! writer thread of `didgate serve` opens one. Read transactions pin the pages they see, so the
+//! read API here opens one per call and copies what it returns: no reader holds a transaction
+//! while it waits on output.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lmdb::{
+    Cursor, Database, DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags,
+};
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::event::{self, BodyFormat, Event, Record};
+use crate::timestamp;
+
+/// Version of the key layout and record format; stored in `meta` and checked on open.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Longest `callid` that is indexed. LMDB keys are at most 511 bytes; didlogic's call ids are
+/// 20 characters. A longer (or NUL-containing) callid is stored but not indexed.
+pub const MAX_CALLID_BYTES: usize = 400;
+
+/// Named databases in the environment (LMDB needs the count up front).
+const MAX_DBS: u32 = 8;
+
+/// File mode of the LMDB files: the `didgate` group may read them with the reader tool.
+const FILE_MODE: u32 = 0o640;
+
+/// Errors of the storage layer. Every LMDB code the writer can meet is wrapped once here; the
+/// writer decides the reaction (`writer.rs`), the HTTP layer only ever sees "not committed".
+#[derive(Debug)]
+pub enum Error {
+    /// An LMDB call failed.
+    Lmdb(lmdb::Error),
+    /// A stored value is not a record this build can read.
+    Record { seq: u64, err: event::Error },
+    /// The store was written by a didgate with another schema version.
+    Schema { found: u32 },
+    /// There is no store at the path (reader tool).
+    Missing(PathBuf),
+    /// Creating the directory failed.
+    Io(std::io::Error),
+}
+
+impl From<lmdb::Error> for Error {
+    fn from(e: lmdb::Error) -> Self {
+        Error::Lmdb(e)
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Lmdb(e) => write!(f, "LMDB: {e}"),
+            Error::Record { seq, err } => write!(f, "event {seq}: {err}"),
+            Error::Schema { found } => write!(
+                f,
+                "store has schema version {found}; this didgate reads version {SCHEMA_VERSION}"
+            ),
+            Error::Missing(p) => write!(
+                f,
+                "no didgate data at {} (start `didgate serve` there first, or pass --data)",
+                p.display()
+            ),
+            Error::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    /// LMDB declared the environment unusable (`MDB_PANIC`): only a restart recovers.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Error::Lmdb(lmdb::Error::Panic))
+    }
+
+    /// The map is full: more room (a bigger `map_size_bytes`) is needed.
+    pub fn is_map_full(&self) -> bool {
+        matches!(self, Error::Lmdb(lmdb::Error::MapFull))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Clone, Copy)]
+struct Dbs {
+    events: Database,
+    calls: Database,
+    dedup: Database,
+    quarantine: Database,
+    counts: Database,
+    meta: Database,
+}
+
+/// An open environment, for the writer or for a reader.
+pub struct Store {
+    env: Environment,
+    dbs: Dbs,
+    next_event: Cell<u64>,
+    next_quarantine: Cell<u64>,
+    path: PathBuf,
+}
+
+/// One event as the reader tool gets it: copied out of its read transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub stored_at_ms: i64,
+    pub kind: String,
+    pub format: BodyFormat,
+    pub peer: Option<std::net::SocketAddr>,
+    pub content_type: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+/// One quarantined body with the reason it was not decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    pub seq: u64,
+    pub reason: String,
+    /// The record; its `kind` is the hook the body was posted to.
+    pub event: StoredEvent,
+}
+
+/// The persistent counters, as `stats` shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Stored events per kind.
+    pub by_kind: BTreeMap<String, u64>,
+    /// Stored events per UTC day, then per kind.
+    pub by_day: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Byte-identical retries recognised and not stored again, per kind.
+    pub duplicates: BTreeMap<String, u64>,
+    /// Bodies kept in quarantine.
+    pub quarantined: u64,
+}
+
+/// Size figures of the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceInfo {
+    /// The configured map size (the most the data file may grow to).
+    pub map_bytes: u64,
+    /// Bytes of the map in use (last page number times page size).
+    pub used_bytes: u64,
+    /// Size of `data.mdb` on disk.
+    pub file_bytes: u64,
+}
+
+/// A slice of a scan, done in one short read transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// The events kept, in scan order.
+    pub events: Vec<StoredEvent>,
+    /// Where to continue: forward, the next `from`; backward, the next `before`.
+    pub next: u64,
+    /// The scan reached the end (forward) or the start (backward) of the events.
+    pub done: bool,
+}
+
+/// Where a listing stopped (`None` at the end), so the caller can go on in a fresh transaction.
+pub type Resume = Option<u64>;
+
+impl Store {
+    /// Opens (creating if needed) the store for the single writer.
+    ///
+    /// # Errors
+    /// The directory cannot be created, LMDB refuses the environment, or the schema differs.
+    pub fn open_writer(dir: &Path, map_bytes: usize) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(Error::Io)?;
+        let env = Environment::new()
+            .set_max_dbs(MAX_DBS)
+            .set_map_size(map_bytes)
+            .open_with_permissions(dir, FILE_MODE)?;
+        let flags = DatabaseFlags::empty();
+        let dbs = Dbs {
+            events: env.create_db(Some("events"), flags)?,
+            calls: env.create_db(Some("calls"), flags)?,
+            dedup: env.create_db(Some("dedup"), flags)?,
+            quarantine: env.create_db(Some("quarantine"), flags)?,
+            counts: env.create_db(Some("counts"), flags)?,
+            meta: env.create_db(Some("meta"), flags)?,
+        };
+        {
+            let mut txn = env.begin_rw_txn()?;
+            match txn.get(dbs.meta, b"schema_version") {
+                Ok(v) => check_schema(v)?,
+                Err(lmdb::Error::NotFound) => {
+                    txn.put(
+                        dbs.meta,
+                        b"schema_version",
+                        &SCHEMA_VERSION.to_be_bytes(),
+                        WriteFlags::empty(),
+                    )?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            txn.commit()?;
+        }
+        // Readers may have been killed while holding a slot; clear what they left.
+        reader_check(&env);
+        let store = Store {
+            env,
+            dbs,
+            next_event: Cell::new(0),
+            next_quarantine: Cell::new(0),
+            path: dir.to_path_buf(),
+        };
+        {
+            let txn = store.env.begin_ro_txn()?;
+            store
+                .next_event
+                .set(last_key(&txn, dbs.events)?.map_or(1, |k| k + 1));
+            store
+                .next_quarantine
+                .set(last_key(&txn, dbs.quarantine)?.map_or(1, |k| k + 1));
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only, for the reader tool. Works while `serve` runs.
+    ///
+    /// # Errors
+    /// [`Error::Missing`] when `dir` holds no store; LMDB and schema errors otherwise.
+    pub fn open_reader(dir: &Path) -> Result<Store> {
+        if !dir.join("data.mdb").is_file() {
+            return Err(Error::Missing(dir.to_path_buf()));
+        }
+        let env = Environment::new()
+            .set_max_dbs(MAX_DBS)
+            .set_flags(EnvironmentFlags::READ_ONLY)
+            .open(dir)?;
+        let open = |name: &str| match env.open_db(Some(name)) {
+            Ok(db) => Ok(db),
+            Err(lmdb::Error::NotFound) => Err(Error::Missing(dir.to_path_buf())),
+            Err(e) => Err(Error::from(e)),
+        };
+        let dbs = Dbs {
+            events: open("events")?,
+            calls: open("calls")?,
+            dedup: open("dedup")?,
+            quarantine: open("quarantine")?,
+            counts: open("counts")?,
+            meta: open("meta")?,
+        };
+        let store = Store {
+            env,
+            dbs,
+            next_event: Cell::new(0),
+            next_quarantine: Cell::new(0),
+            path: dir.to_path_buf(),
+        };
+        {
+            let txn = store.read_txn()?;
+            check_schema(txn.get(dbs.meta, b"schema_version")?)?;
+        }
+        Ok(store)
+    }
+
+    /// A read transaction; when the writer grew the map since this process opened it, adopt
+    /// the new size and retry once (LMDB's documented reaction to `MDB_MAP_RESIZED`).
+    fn read_txn(&self) -> Result<lmdb::RoTransaction<'_>> {
+        match self.env.begin_ro_txn() {
+            Err(lmdb::Error::MapResized) => {
+                self.env.set_map_size(0)?;
+                Ok(self.env.begin_ro_txn()?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Starts the write transaction of one batch; every event in it is stamped `stored_at_ms`.
+    ///
+    /// # Errors
+    /// LMDB refused to begin (e.g. `MDB_PANIC`).
+    pub fn begin_write(&self, stored_at_ms: i64) -> Result<WriteTxn<'_>> {
+        Ok(WriteTxn {
+            txn: self.env.begin_rw_txn()?,
+            store: self,
+            next_event: self.next_event.get(),
+            next_quarantine: self.next_quarantine.get(),
+            stored_at_ms,
+            day: timestamp::day_of_ms(stored_at_ms),
+            counts: BTreeMap::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Events with `seq >= from`, in order, at most `scan` entries looked at (so one call is a
+    /// short transaction), keeping those that pass `keep`.
+    ///
+    /// # Errors
+    /// LMDB or record errors.
+    pub fn scan_forward(
+        &self,
+        from: u64,
+        scan: usize,
+        mut keep: impl FnMut(&Record<'_>) -> bool,
+    ) -> Result<Scan> {
+        let txn = self.read_txn()?;
+        let cursor = txn.open_ro_cursor(self.dbs.events)?;
+        let mut out = Scan {
+            events: Vec::new(),
+            next: from,
+            done: false,
+        };
+        let mut item = cursor_get(&cursor, Some(&from.to_be_bytes()), lmdb_sys::MDB_SET_RANGE)?;
+        let mut looked = 0;
+        while let Some((k, v)) = item {
+            if looked == scan {
+                return Ok(out);
+            }
+            looked += 1;
+            let seq = key_seq(k);
+            let rec = decode_at(seq, v)?;
+            if keep(&rec) {
+                out.events.push(to_stored(seq, &rec));
+            }
+            out.next = seq + 1;
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+        out.done = true;
+        Ok(out)
+    }
+
+    /// Events with `seq < before` (all when `None`), newest first, at most `scan` looked at.
+    /// `next` of the result is the `before` to continue with.
+    ///
+    /// # Errors
+    /// LMDB or record errors.
+    pub fn scan_backward(
+        &self,
+        before: Option<u64>,
+        scan: usize,
+        mut keep: impl FnMut(&Record<'_>) -> bool,
+    ) -> Result<Scan> {
+        let txn = self.read_txn()?;
+        let cursor = txn.open_ro_cursor(self.dbs.events)?;
+        let mut item = match before {
+            None => cursor_get(&cursor, None, lmdb_sys::MDB_LAST)?,
+            Some(b) => {
+                match cursor_get(&cursor, Some(&b.to_be_bytes()), lmdb_sys::MDB_SET_RANGE)? {
+                    Some(_) => cursor_get(&cursor, None, lmdb_sys::MDB_PREV)?,
+                    None => cursor_get(&cursor, None, lmdb_sys::MDB_LAST)?,
+                }
+            }
+        };
+        let mut out = Scan {
+            events: Vec::new(),
+            next: before.unwrap_or(u64::MAX),
+            done: false,
+        };
+        let mut looked = 0;
+        while let Some((k, v)) = item {
+            if looked == scan {
+                return Ok(out);
+            }
+            looked += 1;
+            let seq = key_seq(k);
+            let rec = decode_at(seq, v)?;
+            if keep(&rec) {
+                out.events.push(to_stored(seq, &rec));
+            }
+            out.next = seq;
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_PREV)?;
+        }
+        out.done = true;
+        Ok(out)
+    }
+
+    /// The highest event sequence number stored, if any.
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn last_seq(&self) -> Result<Option<u64>> {
+        let txn = self.read_txn()?;
+        last_key(&txn, self.dbs.events)
+    }
+
+    /// The first event stored at or after `ms` (stamps never decrease along the sequence, so
+    /// this is a binary search over sequence numbers).
+    ///
+    /// # Errors
+    /// LMDB or record errors.
+    pub fn first_seq_at(&self, ms: i64) -> Result<Option<u64>> {
+        let txn = self.read_txn()?;
+        let cursor = txn.open_ro_cursor(self.dbs.events)?;
+        let Some((first, _)) = cursor_get(&cursor, None, lmdb_sys::MDB_FIRST)? else {
+            return Ok(None);
+        };
+        let Some((last, _)) = cursor_get(&cursor, None, lmdb_sys::MDB_LAST)? else {
+            return Ok(None);
+        };
+        // Invariant: every event with seq < lo is stamped before `ms`; answer is in [lo, hi].
+        let (mut lo, mut hi) = (key_seq(first), key_seq(last) + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match cursor_get(&cursor, Some(&mid.to_be_bytes()), lmdb_sys::MDB_SET_RANGE)? {
+                Some((k, v)) => {
+                    let seq = key_seq(k);
+                    if decode_at(seq, v)?.stored_at_ms < ms {
+                        lo = seq + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                None => hi = mid,
+            }
+        }
+        match cursor_get(&cursor, Some(&lo.to_be_bytes()), lmdb_sys::MDB_SET_RANGE)? {
+            Some((k, _)) => Ok(Some(key_seq(k))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every event whose JSON `callid` is `callid`, oldest first.
+    ///
+    /// # Errors
+    /// LMDB or record errors.
+    pub fn call_events(&self, callid: &str) -> Result<Vec<StoredEvent>> {
+        let mut out = Vec::new();
+        let Some(prefix) = call_prefix(callid) else {
+            return Ok(out);
+        };
+        let txn = self.read_txn()?;
+        let cursor = txn.open_ro_cursor(self.dbs.calls)?;
+        let mut item = cursor_get(&cursor, Some(&prefix), lmdb_sys::MDB_SET_RANGE)?;
+        while let Some((k, _)) = item {
+            if k.len() != prefix.len() + 8 || !k.starts_with(&prefix) {
+                break;
+            }
+            let seq = key_seq(&k[prefix.len()..]);
+            match txn.get(self.dbs.events, &seq.to_be_bytes()) {
+                Ok(v) => out.push(to_stored(seq, &decode_at(seq, v)?)),
+                // Pruned by retention after the index entry was read: skip it.
+                Err(lmdb::Error::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+        Ok(out)
+    }
+
+    /// The persistent counters.
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn counts(&self) -> Result<Counts> {
+        let txn = self.read_txn()?;
+        let cursor = txn.open_ro_cursor(self.dbs.counts)?;
+        let mut counts = Counts {
+            quarantined: txn.stat(self.dbs.quarantine)?.entries() as u64,
+            ..Counts::default()
+        };
+        let mut item = cursor_get(&cursor, None, lmdb_sys::MDB_FIRST)?;
+        while let Some((k, v)) = item {
+            let n = v.try_into().map(u64::from_be_bytes).unwrap_or(0);
+            let key = String::from_utf8_lossy(k);
+            if let Some(kind) = key.strip_prefix("events/") {
+                counts.by_kind.insert(kind.to_string(), n);
+            } else if let Some(kind) = key.strip_prefix("duplicates/") {
+                counts.duplicates.insert(kind.to_string(), n);
+            } else if let Some((day, kind)) = key
+                .strip_prefix("day/")
+                .and_then(|rest| rest.split_once('/'))
+            {
+                let per_day = counts.by_day.entry(day.to_string()).or_default();
+                per_day.insert(kind.to_string(), n);
+            }
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+        Ok(counts)
+    }
+
+    /// Quarantined bodies with `seq >= from`, at most `limit`, and where to resume.
+    ///
+    /// # Errors
+    /// LMDB or record errors.
+    pub fn quarantine_from(&self, from: u64, limit: usize) -> Result<(Vec<Quarantined>, Resume)> {
+        let txn = self.read_txn()?;
+        let cursor = txn.open_ro_cursor(self.dbs.quarantine)?;
+        let mut out = Vec::new();
+        let mut item = cursor_get(&cursor, Some(&from.to_be_bytes()), lmdb_sys::MDB_SET_RANGE)?;
+        while let Some((k, v)) = item {
+            let seq = key_seq(k);
+            if out.len() == limit {
+                return Ok((out, Some(seq)));
+            }
+            out.push(decode_quarantine(seq, v)?);
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+        Ok((out, None))
+    }
+
+    /// One quarantined body.
+    ///
+    /// # Errors
+    /// LMDB or record errors.
+    pub fn quarantined(&self, seq: u64) -> Result<Option<Quarantined>> {
+        let txn = self.read_txn()?;
+        match txn.get(self.dbs.quarantine, &seq.to_be_bytes()) {
+            Ok(v) => Ok(Some(decode_quarantine(seq, v)?)),
+            Err(lmdb::Error::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Map and file sizes.
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn space(&self) -> Result<SpaceInfo> {
+        let info = self.env.info()?;
+        let stat = self.env.stat()?;
+        let file_bytes = std::fs::metadata(self.path.join("data.mdb")).map_or(0, |m| m.len());
+        Ok(SpaceInfo {
+            map_bytes: info.map_size() as u64,
+            used_bytes: (info.last_pgno() as u64 + 1) * u64::from(stat.page_size()),
+            file_bytes,
+        })
+    }
+}
+
+/// The write transaction of one batch.
+///
+/// Only one exists at a time (LMDB's rule, kept by the single writer thread). Nothing it does
+/// is visible to readers, or durable, until [`WriteTxn::commit`] returns `Ok`.
+pub struct WriteTxn<'s> {
+    txn: lmdb::RwTransaction<'s>,
+    store: &'s Store,
+    next_event: u64,
+    next_quarantine: u64,
+    stored_at_ms: i64,
+    day: String,
+    /// Counter increments, applied once per key at commit.
+    counts: BTreeMap<Vec<u8>, u64>,
+    scratch: Vec<u8>,
+}
+
+impl WriteTxn<'_> {
+    /// The stamp every event of this batch gets.
+    pub fn stored_at_ms(&self) -> i64 {
+        self.stored_at_ms
+    }
+
+    /// The sequence number of an event stored earlier (or earlier in this batch) of the same
+    /// kind with byte-identical body, stamped at or after `since_ms`.
+    ///
+    /// # Errors
+    /// LMDB or record errors.
+    pub fn find_duplicate(&self, ev: &Event, since_ms: i64) -> Result<Option<u64>> {
+        let hash = xxh3_128(&ev.body).to_be_bytes();
+        let dbs = self.store.dbs;
+        let cursor = self.txn.open_ro_cursor(dbs.dedup)?;
+        let mut start = [0u8; 24];
+        start[..16].copy_from_slice(&hash);
+        let mut item = cursor_get(&cursor, Some(&start), lmdb_sys::MDB_SET_RANGE)?;
+        while let Some((k, _)) = item {
+            if k.len() != 24 || k[..16] != hash {
+                break;
+            }
+            let seq = key_seq(&k[16..]);
+            match self.txn.get(dbs.events, &seq.to_be_bytes()) {
+                Ok(v) => {
+                    let rec = decode_at(seq, v)?;
+                    if rec.stored_at_ms >= since_ms && rec.kind == ev.kind && rec.body == ev.body {
+                        return Ok(Some(seq));
+                    }
+                }
+                Err(lmdb::Error::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+        Ok(None)
+    }
+
+    /// Appends an event with the next sequence number, its index entries and counters.
+    ///
+    /// # Errors
+    /// LMDB errors (`MDB_MAP_FULL` among them); the whole transaction must then be dropped.
+    pub fn append_event(&mut self, ev: &Event) -> Result<u64> {
+        let seq = self.next_event;
+        let dbs = self.store.dbs;
+        self.scratch.clear();
+        ev.as_record(self.stored_at_ms).encode(&mut self.scratch);
+        self.txn.put(
+            dbs.events,
+            &seq.to_be_bytes(),
+            &self.scratch,
+            WriteFlags::APPEND,
+        )?;
+        if let Some(prefix) = ev.callid.as_deref().and_then(call_prefix) {
+            let mut key = prefix;
+            key.extend_from_slice(&seq.to_be_bytes());
+            self.txn.put(dbs.calls, &key, &[], WriteFlags::empty())?;
+        }
+        let mut key = [0u8; 24];
+        key[..16].copy_from_slice(&xxh3_128(&ev.body).to_be_bytes());
+        key[16..].copy_from_slice(&seq.to_be_bytes());
+        self.txn.put(dbs.dedup, &key, &[], WriteFlags::empty())?;
+        self.bump(format!("events/{}", ev.kind));
+        self.bump(format!("day/{}/{}", self.day, ev.kind));
+        self.next_event += 1;
+        Ok(seq)
+    }
+
+    /// Counts a recognised duplicate of `kind`.
+    pub fn count_duplicate(&mut self, kind: &str) {
+        self.bump(format!("duplicates/{kind}"));
+    }
+
+    /// Keeps a body that did not decode, with the reason, under the next quarantine number.
+    ///
+    /// # Errors
+    /// LMDB errors; the whole transaction must then be dropped.
+    pub fn append_quarantine(&mut self, reason: &str, ev: &Event) -> Result<u64> {
+        let seq = self.next_quarantine;
+        let reason = event::truncate_str(reason, 1024);
+        self.scratch.clear();
+        self.scratch
+            .extend_from_slice(&(reason.len() as u16).to_be_bytes());
+        self.scratch.extend_from_slice(reason.as_bytes());
+        ev.as_record(self.stored_at_ms).encode(&mut self.scratch);
+        self.txn.put(
+            self.store.dbs.quarantine,
+            &seq.to_be_bytes(),
+            &self.scratch,
+            WriteFlags::APPEND,
+        )?;
+        self.next_quarantine += 1;
+        Ok(seq)
+    }
+
+    fn bump(&mut self, key: String) {
+        *self.counts.entry(key.into_bytes()).or_insert(0) += 1;
+    }
+
+    /// Writes the counters and commits: with the default environment flags this returns only
+    /// after LMDB's fsync of the data and meta pages.
+    ///
+    /// # Errors
+    /// LMDB errors; nothing of the batch is then stored.
+    pub fn commit(mut self) -> Result<()> {
+        let db = self.store.dbs.counts;
+        for (key, add) in std::mem::take(&mut self.counts) {
+            let old = match self.txn.get(db, &key) {
+                Ok(v) => v.try_into().map(u64::from_be_bytes).unwrap_or(0),
+                Err(lmdb::Error::NotFound) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            self.txn
+                .put(db, &key, &(old + add).to_be_bytes(), WriteFlags::empty())?;
+        }
+        let (store, next_event, next_quarantine) =
+            (self.store, self.next_event, self.next_quarantine);
+        self.txn.commit()?;
+        store.next_event.set(next_event);
+        store.next_quarantine.set(next_quarantine);
+        Ok(())
+    }
+}
+
+fn check_schema(v: &[u8]) -> Result<()> {
+    let found = v.try_into().map(u32::from_be_bytes).unwrap_or(0);
+    if found == SCHEMA_VERSION {
+        Ok(())
+    } else {
+        Err(Error::Schema { found })
+    }
+}
+
+/// Clears reader slots of dead processes (`mdb_reader_check`); harmless when there are none.
+fn reader_check(env: &Environment) {
+    let mut dead: libc::c_int = 0;
+    // SAFETY: `env.env()` is the live environment handle owned by `env` for this call's
+    // duration, and `dead` is a valid out-pointer.
+    unsafe {
+        lmdb_sys::mdb_reader_check(env.env(), &mut dead);
+    }
+}
+
+/// `callid` then a 0x00 separator; `None` when it cannot be a key (too long, holds NUL).
+fn call_prefix(callid: &str) -> Option<Vec<u8>> {
+    if callid.is_empty() || callid.len() > MAX_CALLID_BYTES || callid.as_bytes().contains(&0) {
+        return None;
+    }
+    let mut key = Vec::with_capacity(callid.len() + 9);
+    key.extend_from_slice(callid.as_bytes());
+    key.push(0);
+    Some(key)
+}
+
+/// The big-endian u64 at the start of `k` (keys are written by this file, always 8+ bytes;
+/// a short key reads as 0 rather than panicking).
+fn key_seq(k: &[u8]) -> u64 {
+    k.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+fn decode_at(seq: u64, v: &[u8]) -> Result<Record<'_>> {
+    event::decode_record(v).map_err(|err| Error::Record { seq, err })
+}
+
+fn decode_quarantine(seq: u64, v: &[u8]) -> Result<Quarantined> {
+    let bad = Error::Record {
+        seq,
+        err: event::Error::Truncated,
+    };
+    let len = v
+        .get(..2)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        .ok_or(Error::Record {
+            seq,
+            err: event::Error::Truncated,
+        })?;
+    let reason = v.get(2..2 + len).ok_or(bad)?;
+    let rec = decode_at(seq, &v[2 + len..])?;
+    Ok(Quarantined {
+        seq,
+        reason: String::from_utf8_lossy(reason).into_owned(),
+        event: to_stored(seq, &rec),
+    })
+}
+
+fn to_stored(seq: u64, rec: &Record<'_>) -> StoredEvent {
+    StoredEvent {
+        seq,
+        stored_at_ms: rec.stored_at_ms,
+        kind: rec.kind.to_string(),
+        format: rec.format,
+        peer: rec.peer,
+        content_type: rec.content_type.to_vec(),
+        body: rec.body.to_vec(),
+    }
+}
+
+type Item<'txn> = Option<(&'txn [u8], &'txn [u8])>;
+
+/// One cursor step; "not found" (end of the database) is `None`, not an error.
+fn cursor_get<'txn>(cursor: &impl Cursor<'txn>, key: Option<&[u8]>, op: u32) -> Result<Item<'txn>> {
+    match cursor.get(key, None, op) {
+        Ok((Some(k), v)) => Ok(Some((k, v))),
+        // Every op used here (FIRST, LAST, NEXT, PREV, SET_RANGE) returns the key it lands on.
+        Ok((None, _)) => Err(Error::Lmdb(lmdb::Error::Corrupted)),
+        Err(lmdb::Error::NotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn last_key(txn: &impl Transaction, db: Database) -> Result<Option<u64>> {
+    let cursor = txn.open_ro_cursor(db)?;
+    Ok(cursor_get(&cursor, None, lmdb_sys::MDB_LAST)?.map(|(k, _)| key_seq(k)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, body: &str, callid: Option<&str>) -> Event {
+        Event {
+            kind: kind.to_string(),
+            format: BodyFormat::Json,
+            peer: None,
+            content_type: b"application/json".to_vec(),
+            body: body.as_bytes().to_vec(),
+            callid: callid.map(str::to_string),
+        }
+    }
+
+    const MAP: usize = 16 << 20;
+
+    #[test]
+    fn appends_in_order_and_reads_back_after_commit_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let mut w = store.begin_write(1_000).unwrap();
+        assert_eq!(
+            w.append_event(&event("cdr", "{\"a\":1}", Some("c1")))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            w.append_event(&event("recording", "{\"b\":2}", Some("c1")))
+                .unwrap(),
+            2
+        );
+        let reader = Store::open_reader(dir.path()).unwrap();
+        assert_eq!(
+            reader.last_seq().unwrap(),
+            None,
+            "uncommitted writes are invisible"
+        );
+        w.commit().unwrap();
+        assert_eq!(reader.last_seq().unwrap(), Some(2));
+        let scan = reader.scan_forward(0, 10, |_| true).unwrap();
+        assert!(scan.done);
+        assert_eq!(scan.next, 3);
+        let all = scan.events;
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].body, b"{\"a\":1}");
+        assert_eq!(all[1].stored_at_ms, 1_000);
+        let call = reader.call_events("c1").unwrap();
+        assert_eq!(call.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(
+            reader.call_events("c").unwrap().is_empty(),
+            "prefix of a callid is not it"
+        );
+        let counts = reader.counts().unwrap();
+        assert_eq!(counts.by_kind.get("cdr"), Some(&1));
+        assert_eq!(counts.by_day["1970-01-01"].get("recording"), Some(&1));
+    }
+
+    #[test]
+    fn dropped_transaction_stores_nothing_and_reuses_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let mut w = store.begin_write(1).unwrap();
+        w.append_event(&event("cdr", "{}", None)).unwrap();
+        drop(w);
+        let mut w = store.begin_write(2).unwrap();
+        assert_eq!(w.append_event(&event("cdr", "{}", None)).unwrap(), 1);
+        w.commit().unwrap();
+    }
+
+    #[test]
+    fn duplicate_needs_same_kind_same_body_inside_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let mut w = store.begin_write(5_000).unwrap();
+        let a = event("cdr", "{\"x\":1}", None);
+        assert_eq!(w.find_duplicate(&a, 0).unwrap(), None);
+        w.append_event(&a).unwrap();
+        assert_eq!(
+            w.find_duplicate(&a, 0).unwrap(),
+            Some(1),
+            "seen within the same batch"
+        );
+        w.commit().unwrap();
+        let w = store.begin_write(6_000).unwrap();
+        assert_eq!(w.find_duplicate(&a, 5_000).unwrap(), Some(1));
+        assert_eq!(
+            w.find_duplicate(&a, 5_001).unwrap(),
+            None,
+            "outside the window"
+        );
+        assert_eq!(
+            w.find_duplicate(&event("sms", "{\"x\":1}", None), 0)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            w.find_duplicate(&event("cdr", "{\"x\":2}", None), 0)
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn sequence_continues_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open_writer(dir.path(), MAP).unwrap();
+            let mut w = store.begin_write(1).unwrap();
+            w.append_event(&event("cdr", "{}", None)).unwrap();
+            w.append_quarantine("invalid JSON", &event("cdr", "{", None))
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let mut w = store.begin_write(2).unwrap();
+        assert_eq!(w.append_event(&event("cdr", "{\"n\":2}", None)).unwrap(), 2);
+        assert_eq!(
+            w.append_quarantine("x", &event("cdr", "[", None)).unwrap(),
+            2
+        );
+        w.commit().unwrap();
+        let q = store.quarantined(1).unwrap().unwrap();
+        assert_eq!(q.reason, "invalid JSON");
+        assert_eq!(q.event.body, b"{");
+        assert_eq!(store.counts().unwrap().quarantined, 2);
+    }
+
+    #[test]
+    fn first_seq_at_finds_the_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        for (i, t) in [10, 10, 20, 30, 30, 40].iter().enumerate() {
+            let mut w = store.begin_write(*t).unwrap();
+            w.append_event(&event("cdr", &format!("{{\"i\":{i}}}"), None))
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let cases = [
+            (0, Some(1)),
+            (10, Some(1)),
+            (11, Some(3)),
+            (30, Some(4)),
+            (40, Some(6)),
+        ];
+        for (t, want) in cases {
+            assert_eq!(store.first_seq_at(t).unwrap(), want, "t={t}");
+        }
+        assert_eq!(store.first_seq_at(41).unwrap(), None);
+        let seqs = |s: &Scan| s.events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let back = store.scan_backward(None, 2, |_| true).unwrap();
+        assert_eq!((seqs(&back), back.next, back.done), (vec![6, 5], 5, false));
+        let back = store
+            .scan_backward(Some(back.next), 10, |r| r.stored_at_ms != 20)
+            .unwrap();
+        assert_eq!((seqs(&back), back.done), (vec![4, 2, 1], true));
+        let fwd = store.scan_forward(2, 3, |r| r.stored_at_ms == 30).unwrap();
+        assert_eq!((seqs(&fwd), fwd.next, fwd.done), (vec![4], 5, false));
+    }
+
+    #[test]
+    fn reader_refuses_missing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Store::open_reader(&dir.path().join("nope")),
+            Err(Error::Missing(_))
+        ));
+    }
+}
