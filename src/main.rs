@@ -68,10 +68,10 @@ struct ServeArgs {
 #[derive(Args)]
 struct DataArgs {
     /// Data directory [default: $STATE_DIRECTORY when set by systemd, else ./didgate-data].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     data: Option<PathBuf>,
     /// Configuration file (TOML); flags override it. See docs/configuration.md.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
 }
 

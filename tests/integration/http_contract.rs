@@ -1,0 +1,304 @@
+//! Every status code of the HTTP contract, and the HTTP/1.1 features a sender may use:
+//! keep-alive, pipelining, Connection: close, HTTP/1.0, Expect: 100-continue, chunked bodies,
+//! many headers.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn config(dir: &Path, text: &str) -> String {
+    let path = dir.join("didgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn one(s: &Server, raw: &[u8]) -> (Response, bool) {
+    let (mut resp, closed) = s.exchange(raw);
+    assert_eq!(resp.len(), 1, "{resp:?}");
+    (resp.remove(0), closed)
+}
+
+#[test]
+fn rejections_have_exact_statuses_and_store_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&data, &[]);
+    let cdr = s.path("cdr");
+    let cases: Vec<(String, u16, bool)> = vec![
+        (
+            format!(
+                "POST /hooks/{}x/cdr HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{{}}",
+                s.token
+            ),
+            404,
+            false,
+        ),
+        (
+            "POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}".into(),
+            404,
+            false,
+        ),
+        (
+            format!("POST {cdr}/extra HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{{}}"),
+            404,
+            false,
+        ),
+        (format!("GET {cdr} HTTP/1.1\r\nHost: a\r\n\r\n"), 405, false),
+        (
+            format!("POST {cdr} HTTP/1.1\r\nHost: a\r\nContent-Length: 65537\r\n\r\n"),
+            413,
+            true,
+        ),
+        (
+            format!("POST {cdr} HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n"),
+            400,
+            true,
+        ),
+        (
+            format!(
+                "POST {cdr} HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}"
+            ),
+            400,
+            true,
+        ),
+        (
+            format!(
+                "POST {cdr} HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+            ),
+            400,
+            true,
+        ),
+        (
+            format!("POST {cdr} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            501,
+            true,
+        ),
+        (
+            format!("POST {cdr} HTTP/1.1\r\nContent-Length: 2\r\n\r\n{{}}"),
+            400,
+            true,
+        ),
+        (format!("POST {cdr} HTTP/2.0\r\nHost: a\r\n\r\n"), 505, true),
+        (
+            format!("POST {cdr} HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"),
+            417,
+            true,
+        ),
+        (
+            format!("POST {cdr} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            400,
+            true,
+        ),
+    ];
+    for (raw, status, closes) in &cases {
+        let mut c = s.connect();
+        c.send(raw.as_bytes());
+        let r = c.response();
+        assert_eq!(r.status, *status, "{raw:?}");
+        if *closes {
+            assert_eq!(r.header("connection").as_deref(), Some("close"), "{raw:?}");
+            assert!(c.closed(), "closes after {raw:?}");
+        }
+        if *status == 405 {
+            assert_eq!(r.header("allow").as_deref(), Some("POST"));
+        }
+    }
+    assert!(export(&data).is_empty());
+    let q = read_ok(&data, &["quarantine", "list"]);
+    assert!(q.is_empty(), "rejected requests are never stored: {q}");
+}
+
+#[test]
+fn keep_alive_and_pipelining_answer_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&data, &[]);
+    let mut c = s.connect();
+    for i in 0..3 {
+        c.send(&request(
+            &s.path("cdr"),
+            JSON,
+            cdr(&format!("ka-{i}")).as_bytes(),
+            "",
+        ));
+        assert_eq!(c.response().body, "stored\n");
+    }
+    // Three requests in one write, the middle one a duplicate of the first.
+    let mut burst = Vec::new();
+    for id in ["p-1", "p-2", "p-1"] {
+        burst.extend(request(&s.path("cdr"), JSON, cdr(id).as_bytes(), ""));
+    }
+    c.send(&burst);
+    let bodies: Vec<_> = (0..3).map(|_| c.response().body).collect();
+    assert_eq!(bodies, ["stored\n", "stored\n", "duplicate\n"]);
+    // Two good requests then a malformed one: the good ones are answered (and stored) first.
+    let mut burst = Vec::new();
+    burst.extend(request(&s.path("cdr"), JSON, cdr("g-1").as_bytes(), ""));
+    burst.extend(request(&s.path("cdr"), JSON, cdr("g-2").as_bytes(), ""));
+    burst.extend_from_slice(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: nope\r\n\r\n");
+    c.send(&burst);
+    let (resp, closed) = c.all_until_close();
+    let statuses: Vec<_> = resp.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 400]);
+    assert!(closed);
+    assert_eq!(read_ok(&data, &["get", "g-2"]).lines().count(), 1);
+    assert_eq!(export(&data).len(), 7);
+}
+
+#[test]
+fn connection_close_and_http10() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(&tmp.path().join("data"), &[]);
+    let raw = request(
+        &s.path("cdr"),
+        JSON,
+        cdr("c1").as_bytes(),
+        "Connection: close\r\n",
+    );
+    let (r, closed) = one(&s, &raw);
+    assert_eq!(
+        (r.status, r.header("connection").as_deref()),
+        (200, Some("close"))
+    );
+    assert!(closed);
+
+    let body = cdr("h10");
+    let raw = format!(
+        "POST {} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+        s.path("cdr"),
+        body.len()
+    );
+    let (r, closed) = one(&s, raw.as_bytes());
+    assert_eq!(r.status, 200);
+    assert!(closed, "HTTP/1.0 without keep-alive closes");
+
+    let mut c = s.connect();
+    for id in ["k1", "k2"] {
+        let body = cdr(id);
+        c.send(
+            format!(
+                "POST {} HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: {}\r\n\r\n{body}",
+                s.path("cdr"),
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let r = c.response();
+        assert_eq!(
+            (r.status, r.header("connection").as_deref()),
+            (200, Some("keep-alive"))
+        );
+    }
+}
+
+#[test]
+fn expect_continue_chunked_and_many_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&data, &[]);
+    // Expect: 100-continue: the body is sent only after the interim response.
+    let body = cdr("e1");
+    let mut c = s.connect();
+    c.send(format!("POST {} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n", s.path("cdr"), body.len()).as_bytes());
+    let interim = c.response();
+    assert_eq!(interim.status, 100);
+    c.send(body.as_bytes());
+    assert_eq!(c.response().body, "stored\n");
+
+    // Chunked, with an extension and a trailer; stored de-chunked.
+    let mut c = s.connect();
+    c.send(format!("POST {} HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nsrc=\r\n1C\r\n15551234567&message=Hello+wo\r\n4\r\nrld+\r\n0\r\nX-T: 1\r\n\r\n", s.path("sms")).as_bytes());
+    assert_eq!(c.response().body, "stored\n");
+
+    // 100 header fields.
+    let extra: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let mut c = s.connect();
+    c.send(&request(
+        &s.path("cdr"),
+        JSON,
+        cdr("h100").as_bytes(),
+        &extra,
+    ));
+    assert_eq!(c.response().status, 200);
+
+    let raw = read_ok(&data, &["export", "--raw"]);
+    let lines: Vec<_> = raw.lines().collect();
+    assert_eq!(lines[1], "src=15551234567&message=Hello+world+");
+}
+
+#[test]
+fn head_deadline_answers_408_and_body_deadline_closes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "head_timeout = \"1s\"\nbody_timeout = \"1s\"\n");
+    let data = tmp.path().join("data");
+    let s = Server::start(&data, &["--config", &cfg]);
+    // A client trickling its head: cut off at the head deadline whatever it keeps sending.
+    let mut c = s.connect();
+    let start = Instant::now();
+    c.send(b"POST / HTTP/1.1\r\n");
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(300));
+        if c.stream.write_all(b"X-A: b\r\n").is_err() {
+            break;
+        }
+    }
+    let r = c.response();
+    assert_eq!(r.status, 408);
+    assert!(c.closed());
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // A body that stops arriving: closed without an answer (a 4xx would make the sender drop
+    // the event; a closed connection makes it retry), and nothing stored.
+    let mut c = s.connect();
+    c.send(
+        format!(
+            "POST {} HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{{\"a\":",
+            s.path("cdr")
+        )
+        .as_bytes(),
+    );
+    let (resp, closed) = c.all_until_close();
+    assert!(resp.is_empty() && closed);
+    assert!(export(&data).is_empty());
+}
+
+#[test]
+fn full_map_answers_503_with_retry_after_and_keeps_every_acknowledged_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "map_size_bytes = 1048576\n");
+    let data = tmp.path().join("data");
+    let s = Server::start(&data, &["--config", &cfg]);
+    let pad = "x".repeat(60_000);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..64 {
+        let id = format!("big-{i}");
+        let r = s.post(
+            "cdr",
+            JSON,
+            &format!(r#"{{"event":"cdr","callid":"{id}","pad":"{pad}"}}"#),
+        );
+        match r.status {
+            200 => acked.push(id),
+            _ => {
+                refused = Some(r);
+                break;
+            }
+        }
+    }
+    let r = refused.expect("a 1 MiB map fills up");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after").as_deref(), Some("5"));
+    assert!(!acked.is_empty());
+    let stored: Vec<String> = export(&data)
+        .iter()
+        .map(|e| e["payload"]["callid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stored, acked);
+    assert!(
+        s.stderr().contains("commit of 1 events failed"),
+        "{}",
+        s.stderr()
+    );
+}

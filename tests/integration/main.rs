@@ -1,0 +1,9 @@
+//! Integration tests: the real binary, a real LMDB in a temp directory, raw sockets on
+//! loopback. One test binary, modules by area.
+
+mod util;
+
+mod durability;
+mod http_contract;
+mod ingest;
+mod reader;

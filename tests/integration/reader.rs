@@ -1,0 +1,298 @@
+//! The reader tool against a real store: filters, time ranges, CSV, errors and exit codes,
+//! closed pipes, help texts, config checking.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+
+use crate::util::*;
+
+fn seeded() -> (tempfile::TempDir, std::path::PathBuf, Server) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&data, &[]);
+    for (hook, ct, body) in [
+        ("cdr", JSON, SEED_CDR),
+        ("recording", JSON, SEED_RECORDING),
+        ("sms", FORM, SEED_SMS),
+    ] {
+        assert_eq!(s.post(hook, ct, body).status, 200);
+    }
+    assert_eq!(
+        s.post("sms", FORM, "src=1&dst=2&message=a&message=b&extra=%FF")
+            .status,
+        200
+    );
+    (tmp, data, s)
+}
+
+#[test]
+fn tail_last_n_and_kind_filter() {
+    let (_tmp, data, _s) = seeded();
+    let two = read_ok(&data, &["tail", "-n", "2"]);
+    let seqs: Vec<u64> = two
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [3, 4]);
+    let sms = read_ok(&data, &["tail", "--kind", "sms"]);
+    assert_eq!(sms.lines().count(), 2);
+    let last: serde_json::Value = serde_json::from_str(sms.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        last["payload"]["message"],
+        serde_json::json!(["a", "b"]),
+        "repeated keys keep every value"
+    );
+    assert_eq!(last["payload"]["extra"], "\u{FFFD}");
+    let raw = read_ok(&data, &["tail", "-n", "1", "--raw"]);
+    assert_eq!(raw, "src=1&dst=2&message=a&message=b&extra=%FF\n");
+}
+
+#[test]
+fn export_time_ranges() {
+    let (_tmp, data, _s) = seeded();
+    let all = export(&data);
+    let t = all[1]["stored_at"].as_str().unwrap();
+    let since = read_ok(&data, &["export", "--since", t]);
+    assert!(since.lines().count() >= 3 && since.lines().count() <= 3 + 1);
+    let day = &t[..10];
+    let next_day = time_next_day(day);
+    assert_eq!(
+        read_ok(&data, &["export", "--since", day, "--until", &next_day])
+            .lines()
+            .count(),
+        4
+    );
+    assert_eq!(
+        read_ok(&data, &["export", "--until", day]).lines().count(),
+        0
+    );
+    assert_eq!(
+        read_ok(&data, &["export", "--since", "2999-01-01"])
+            .lines()
+            .count(),
+        0
+    );
+    assert_eq!(
+        read_ok(&data, &["export", "--since", "2000-01-01T00:00:00+02:00"])
+            .lines()
+            .count(),
+        4
+    );
+}
+
+fn time_next_day(day: &str) -> String {
+    let d = time::Date::parse(
+        day,
+        &time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .unwrap();
+    d.next_day().unwrap().to_string()
+}
+
+#[test]
+fn csv_has_documented_columns_first_then_others() {
+    let (_tmp, data, s) = seeded();
+    assert_eq!(
+        s.post(
+            "cdr",
+            JSON,
+            r#"{"event":"cdr","callid":"n2","note":"a,b \"q\"","duration":10}"#
+        )
+        .status,
+        200
+    );
+    let csv = read_ok(&data, &["export", "--kind", "cdr", "--format", "csv"]);
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "seq,stored_at,calldate,callid,direction,disposition,src,dst,duration,billsec,user_id,event,note"
+    );
+    let row1 = lines.next().unwrap();
+    assert!(row1.ends_with(",2026-05-12T05:17:58Z,82xg86dv6jhl0p8xu0l3,outbound,ANSWERED,441273004315,448081697031,9,7,76141,cdr,"), "{row1}");
+    let row2 = lines.next().unwrap();
+    assert!(
+        row2.ends_with(",,n2,,,,,10,,,cdr,\"a,b \"\"q\"\"\""),
+        "{row2}"
+    );
+    let sms = read_ok(&data, &["export", "--kind", "sms", "--format", "csv"]);
+    assert!(
+        sms.starts_with("seq,stored_at,src,dst,message,received_at,extra\n"),
+        "{sms}"
+    );
+    assert!(
+        sms.contains(",15551234567,448001234567,Hello world ,2026-05-13 12:45:40 UTC,\n"),
+        "{sms}"
+    );
+}
+
+#[test]
+fn errors_are_one_line_and_exit_2_and_get_miss_exits_1() {
+    let (_tmp, data, _s) = seeded();
+    let d = data.to_str().unwrap();
+    let missing = data.with_file_name("missing");
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["tail", "--data", missing.to_str().unwrap()],
+            2,
+            "no didgate data",
+        ),
+        (
+            vec!["export", "--data", d, "--since", "yesterday"],
+            2,
+            "invalid time",
+        ),
+        (
+            vec!["export", "--data", d, "--kind", "fax"],
+            2,
+            "unknown kind",
+        ),
+        (
+            vec!["export", "--data", d, "--format", "csv"],
+            2,
+            "needs --kind",
+        ),
+        (vec!["get", "--data", d, "no-such-call"], 1, "no events"),
+        (
+            vec!["quarantine", "--data", d, "show", "9"],
+            1,
+            "no quarantined body",
+        ),
+    ];
+    for (args, code, msg) in cases {
+        let out = cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&data, &[]);
+    // Enough output to overflow a pipe buffer, posted pipelined on one connection.
+    let mut c = s.connect();
+    let mut burst = Vec::new();
+    for i in 0..800 {
+        burst.extend(request(
+            &s.path("cdr"),
+            JSON,
+            cdr(&format!("pipe-{i}")).as_bytes(),
+            "",
+        ));
+    }
+    c.send(&burst);
+    for _ in 0..800 {
+        assert_eq!(c.response().status, 200);
+    }
+    let mut child = Command::new(BIN)
+        .args(["export", "--data"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 100];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st:?} {err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+#[test]
+fn help_texts_cover_every_subcommand_and_option() {
+    let top = String::from_utf8(cli(&["--help"]).stdout).unwrap();
+    for sub in [
+        "serve",
+        "tail",
+        "export",
+        "get",
+        "stats",
+        "quarantine",
+        "check-config",
+    ] {
+        assert!(top.contains(sub), "{sub} in --help");
+    }
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "serve",
+            &[
+                "--listen",
+                "--data",
+                "--token",
+                "--config",
+                "STATE_DIRECTORY",
+            ],
+        ),
+        (
+            "tail",
+            &["--lines", "--follow", "--kind", "--raw", "--data"],
+        ),
+        (
+            "export",
+            &["--since", "--until", "--kind", "--format", "csv", "--data"],
+        ),
+        ("get", &["CALLID", "--data"]),
+        ("stats", &["--json", "--data"]),
+        ("quarantine", &["list", "show", "--data"]),
+    ];
+    for (sub, words) in cases {
+        let out = cli(&[sub, "--help"]);
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        for w in *words {
+            assert!(text.contains(w), "`{sub} --help` mentions {w}: {text}");
+        }
+    }
+}
+
+#[test]
+fn check_config_accepts_good_and_names_the_bad_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = \"127.0.0.1:9000\"\ncommit_timeout = \"3s\"\n",
+    )
+    .unwrap();
+    let out = cli(&["check-config", good.to_str().unwrap()]);
+    assert!(out.status.success());
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"127.0.0.1:9000\"\nmax_body_bytes = \"lots\"\n",
+    )
+    .unwrap();
+    let out = cli(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("max_body_bytes"),
+        "{err}"
+    );
+    let unknown = tmp.path().join("unknown.toml");
+    std::fs::write(&unknown, "lisen = \"x\"\n").unwrap();
+    let err = String::from_utf8_lossy(&cli(&["check-config", unknown.to_str().unwrap()]).stderr)
+        .into_owned();
+    assert!(err.contains("lisen"), "{err}");
+}

@@ -1,0 +1,309 @@
+//! Test harness: the real `didgate` binary on `127.0.0.1:0` over a temp data directory, a raw
+//! HTTP/1.1 client that writes bytes and parses responses, and a CLI runner.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_didgate");
+
+/// The seed document's CDR, with the `billsec` field of didlogic's newer doc.
+pub const SEED_CDR: &str = r#"{"calldate":"2026-05-12T05:17:58Z","callid":"82xg86dv6jhl0p8xu0l3","direction":"outbound","disposition":"ANSWERED","dst":"448081697031","duration":9,"billsec":7,"event":"cdr","src":"441273004315","user_id":76141}"#;
+pub const SEED_RECORDING: &str = r#"{"calldate":"2026-05-12T05:17:58Z","callid":"82xg86dv6jhl0p8xu0l3","event":"recording","recording_url":"https://ddl-aws-bucket.com/...","user_id":76141}"#;
+pub const SEED_SMS: &str =
+    "src=15551234567&dst=448001234567&message=Hello+world+&received_at=2026-05-13+12%3A45%3A40+UTC";
+
+pub const JSON: &str = "application/json";
+pub const FORM: &str = "application/x-www-form-urlencoded";
+
+/// How long any single wait in a test may take before the test fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A running gateway.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub token: String,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts `didgate serve` on `data` with extra arguments; returns once it printed its URLs.
+    pub fn start(data: &Path, extra: &[&str]) -> Server {
+        Self::try_start(data, extra).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    /// Like [`Server::start`], but returns the error output when it does not come up.
+    pub fn try_start(data: &Path, extra: &[&str]) -> Result<Server, String> {
+        let log = data.with_extension(format!("log-{}", unique()));
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut found = None;
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.strip_prefix("didgate: cdr") {
+                found = Some(url.trim().to_string());
+                break;
+            }
+        }
+        let Some(url) = found else {
+            let _ = child.wait();
+            return Err(std::fs::read_to_string(&log).unwrap_or_default());
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let rest = url.strip_prefix("http://").unwrap();
+        let (addr, path) = rest.split_once('/').unwrap();
+        let token = path.split('/').nth(1).unwrap().to_string();
+        Ok(Server {
+            child: Some(child),
+            addr: addr.parse().unwrap(),
+            token,
+            log,
+        })
+    }
+
+    pub fn path(&self, hook: &str) -> String {
+        format!("/hooks/{}/{hook}", self.token)
+    }
+
+    /// One POST on a fresh connection; returns the parsed response.
+    pub fn post(&self, hook: &str, content_type: &str, body: &str) -> Response {
+        let mut c = self.connect();
+        c.send(&request(
+            &self.path(hook),
+            content_type,
+            body.as_bytes(),
+            "",
+        ));
+        c.response()
+    }
+
+    pub fn connect(&self) -> Conn {
+        Conn::open(self.addr)
+    }
+
+    /// Sends raw bytes on a fresh connection and returns every response until the server
+    /// closes (or `PATIENCE` passes).
+    pub fn exchange(&self, raw: &[u8]) -> (Vec<Response>, bool) {
+        let mut c = self.connect();
+        c.send(raw);
+        c.all_until_close()
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let child = self.child.take().unwrap();
+        signal(&child, libc::SIGTERM);
+        wait_exit(child)
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+pub fn wait_exit(mut child: Child) -> ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A POST request's bytes. `extra` is more header lines, each ending in CRLF.
+pub fn request(path: &str, content_type: &str, body: &[u8], extra: &str) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// A raw client connection.
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one response; panics if the connection closes first.
+    pub fn response(&mut self) -> Response {
+        self.try_response().unwrap_or_else(|| {
+            panic!(
+                "connection closed before a response; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            )
+        })
+    }
+
+    /// Reads one response, or `None` when the server closed without one.
+    pub fn try_response(&mut self) -> Option<Response> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let total = end + 4 + len;
+                if self.buf.len() >= total {
+                    let body = String::from_utf8_lossy(&self.buf[end + 4..total]).into_owned();
+                    self.buf.drain(..total);
+                    return Some(Response { status, head, body });
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Every response until the server closes; the flag says whether it closed (vs timing out).
+    pub fn all_until_close(&mut self) -> (Vec<Response>, bool) {
+        let mut out = Vec::new();
+        while let Some(r) = self.try_response() {
+            out.push(r);
+        }
+        (out, self.closed())
+    }
+
+    /// Whether the server has closed its side (read returns EOF within a short wait).
+    pub fn closed(&mut self) -> bool {
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        let r = self.stream.read(&mut b);
+        self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        matches!(r, Ok(0))
+            || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Runs the CLI with `args`.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs a reader subcommand on `data` and returns stdout, asserting success.
+pub fn read_ok(data: &Path, args: &[&str]) -> String {
+    let mut full: Vec<&str> = args.to_vec();
+    let d = data.to_str().unwrap();
+    full.extend(["--data", d]);
+    let out = cli(&full);
+    assert!(
+        out.status.success(),
+        "didgate {full:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `didgate export` on `data` as parsed JSON lines.
+pub fn export(data: &Path) -> Vec<serde_json::Value> {
+    read_ok(data, &["export"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A unique CDR for load tests.
+pub fn cdr(callid: &str) -> String {
+    format!(
+        r#"{{"calldate":"2026-05-12T05:17:58Z","callid":"{callid}","direction":"outbound","disposition":"ANSWERED","dst":"448081697031","duration":9,"billsec":7,"event":"cdr","src":"441273004315","user_id":76141}}"#
+    )
+}
