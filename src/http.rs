@@ -117,44 +117,54 @@ pub struct Head {
     pub len: usize,
 }
 
-/// Bytes looked at before a head end is seen, for early rejection of garbage (a TLS
-/// ClientHello, binary noise) instead of waiting out the head deadline. Re-parsing only this
+/// Bytes parsed before a head end is seen, for early rejection of garbage. Re-parsing only this
 /// prefix keeps a byte-at-a-time client from costing quadratic work.
 const EARLY_PARSE_BYTES: usize = 1024;
+
+fn head_error(e: httparse::Error) -> Error {
+    match e {
+        httparse::Error::TooManyHeaders => Error::TooManyHeaders,
+        httparse::Error::Version => Error::Version,
+        httparse::Error::HeaderName => Error::Malformed("invalid header name"),
+        httparse::Error::HeaderValue => Error::Malformed("invalid header value"),
+        httparse::Error::NewLine => Error::Malformed("invalid line ending"),
+        _ => Error::Malformed("invalid request line"),
+    }
+}
 
 /// Parses the request head at the start of `buf`.
 ///
 /// # Errors
 /// [`Error`] when the head is malformed or over a limit; the caller answers and closes.
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Status<Head>, Error> {
-    let end = find_head_end(buf);
-    if end.is_none() {
+    // Only the first `max_head_bytes` can hold a head, and looking at exactly that window makes
+    // the verdict independent of how the bytes were split into reads.
+    let window = &buf[..buf.len().min(limits.max_head_bytes)];
+    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    let slots = &mut slots[..limits.max_headers.min(HEADER_SLOTS)];
+    let Some(end) = find_head_end(window) else {
+        // Garbage (a TLS ClientHello, binary noise) is refused from its first bytes instead of
+        // waiting out the head deadline; httparse reads sequentially, so an error in this
+        // prefix is the error the whole head would give.
+        let prefix = &window[..window.len().min(EARLY_PARSE_BYTES)];
+        if let Err(e) = httparse::Request::new(slots).parse(prefix) {
+            return Err(head_error(e));
+        }
         if buf.len() >= limits.max_head_bytes {
-            return Err(if memchr::memchr(b'\n', buf).is_none() {
+            return Err(if memchr::memchr(b'\n', window).is_none() {
                 Error::UriTooLong
             } else {
                 Error::HeadTooLarge
             });
         }
-        if buf.len() > EARLY_PARSE_BYTES {
-            return Ok(Status::Partial);
-        }
-    }
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    let mut req = httparse::Request::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(Status::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(Error::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(Error::Version),
-        Err(httparse::Error::HeaderName) => return Err(Error::Malformed("invalid header name")),
-        Err(httparse::Error::HeaderValue) => return Err(Error::Malformed("invalid header value")),
-        Err(httparse::Error::NewLine) => return Err(Error::Malformed("invalid line ending")),
-        Err(_) => return Err(Error::Malformed("invalid request line")),
+        return Ok(Status::Partial);
     };
-    if len > limits.max_head_bytes {
-        return Err(Error::HeadTooLarge);
-    }
+    let mut req = httparse::Request::new(slots);
+    let len = match req.parse(&window[..end]) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(Error::Malformed("invalid request line")),
+        Err(e) => return Err(head_error(e)),
+    };
     let http10 = req.version == Some(0);
     let mut content_length: Option<usize> = None;
     let mut transfer_codings = 0usize;
@@ -477,6 +487,99 @@ impl ChunkedDecoder {
     }
 }
 
+/// One framed request: its head and its body (de-chunked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub head: Head,
+    pub body: Vec<u8>,
+}
+
+/// Pure incremental framing of a byte stream into requests: the composition of [`parse_head`]
+/// and [`ChunkedDecoder`] that a connection performs between its socket reads. Tests and the
+/// fuzzer use it to show that how bytes are split into reads never changes what is framed.
+#[derive(Clone, Debug)]
+pub struct Framer {
+    limits: Limits,
+    buf: Vec<u8>,
+    body: Option<(Head, BodyProgress)>,
+    failed: bool,
+}
+
+#[derive(Clone, Debug)]
+enum BodyProgress {
+    Length(usize),
+    Chunked(ChunkedDecoder, Vec<u8>),
+}
+
+impl Framer {
+    pub fn new(limits: Limits) -> Self {
+        Framer {
+            limits,
+            buf: Vec::new(),
+            body: None,
+            failed: false,
+        }
+    }
+
+    /// Feeds the next bytes of the stream; appends every request they complete, and at most
+    /// once the error that ends the stream (nothing is framed after it).
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Result<Request, Error>>) {
+        if self.failed {
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+        loop {
+            match self.body.take() {
+                None => match parse_head(&self.buf, &self.limits) {
+                    Ok(Status::Complete(head)) => {
+                        self.buf.drain(..head.len);
+                        let progress = match head.framing {
+                            Framing::Length(n) => BodyProgress::Length(n),
+                            Framing::Chunked => BodyProgress::Chunked(
+                                ChunkedDecoder::new(
+                                    self.limits.max_body_bytes,
+                                    self.limits.max_head_bytes,
+                                ),
+                                Vec::new(),
+                            ),
+                        };
+                        self.body = Some((head, progress));
+                    }
+                    Ok(Status::Partial) => return,
+                    Err(e) => return self.fail(e, out),
+                },
+                Some((head, BodyProgress::Length(n))) => {
+                    if self.buf.len() < n {
+                        self.body = Some((head, BodyProgress::Length(n)));
+                        return;
+                    }
+                    let body = self.buf.drain(..n).collect();
+                    out.push(Ok(Request { head, body }));
+                }
+                Some((head, BodyProgress::Chunked(mut decoder, mut body))) => {
+                    match decoder.decode(&self.buf, &mut body) {
+                        Ok((used, true)) => {
+                            self.buf.drain(..used);
+                            out.push(Ok(Request { head, body }));
+                        }
+                        Ok((used, false)) => {
+                            self.buf.drain(..used);
+                            self.body = Some((head, BodyProgress::Chunked(decoder, body)));
+                            return;
+                        }
+                        Err(e) => return self.fail(e, out),
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, e: Error, out: &mut Vec<Result<Request, Error>>) {
+        self.failed = true;
+        out.push(Err(e));
+    }
+}
+
 fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -735,6 +838,27 @@ mod tests {
         assert_eq!(dechunk(b"20\r\n", 64).map(|r| r.1), Ok(false));
         let long_ext = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE_BYTES));
         assert!(dechunk(long_ext.as_bytes(), 64).is_err());
+    }
+
+    #[test]
+    fn framer_gives_the_same_requests_however_the_stream_is_split() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcPOST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\nPOST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n";
+        let mut whole = Vec::new();
+        Framer::new(LIMITS).push(stream, &mut whole);
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[0].as_ref().unwrap().body, b"abc");
+        assert_eq!(whole[1].as_ref().unwrap().body, b"xy");
+        assert_eq!(whole[2], Err(Error::BadContentLength));
+        for a in 0..stream.len() {
+            for b in [a, (a + 7).min(stream.len()), stream.len()] {
+                let mut f = Framer::new(LIMITS);
+                let mut got = Vec::new();
+                f.push(&stream[..a], &mut got);
+                f.push(&stream[a..b], &mut got);
+                f.push(&stream[b..], &mut got);
+                assert_eq!(got, whole, "split at {a}, {b}");
+            }
+        }
     }
 
     #[test]

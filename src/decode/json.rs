@@ -42,6 +42,7 @@ impl std::fmt::Display for Error {
 
 /// Reusable parser state; one per connection.
 pub struct JsonDecoder {
+    max_depth: usize,
     scratch: Vec<u8>,
     buffers: Buffers,
     tape: Vec<Node<'static>>,
@@ -57,6 +58,7 @@ impl JsonDecoder {
     /// A decoder refusing nesting deeper than `max_depth`.
     pub fn new(max_depth: usize) -> Self {
         JsonDecoder {
+            max_depth,
             scratch: Vec::new(),
             buffers: Buffers::with_max_depth(1024, max_depth),
             tape: Vec::new(),
@@ -78,12 +80,74 @@ impl JsonDecoder {
             body.len(),
             &mut self.buffers,
             &mut tape,
-        )
-        .map_err(|e| Error::Invalid(e.to_string()))
-        .and_then(|()| fields(&tape.0));
+        );
+        let result = match result {
+            Ok(()) => fields(&tape.0),
+            Err(e) => second_opinion(body, e, self.max_depth),
+        };
         self.tape = tape.reset().0;
         result
     }
+}
+
+/// simd-json refuses a few documents RFC 8259 allows (numbers beyond f64's range, such as
+/// `1e400`). Before a body is called invalid, serde_json (the reference) gets a say, so what is
+/// accepted does not depend on the fast path's limits. Only refused bodies pay for it; nesting
+/// is bounded first, as serde_json's parser recurses per level too.
+fn second_opinion(
+    body: &[u8],
+    simd_error: simd_json::Error,
+    max_depth: usize,
+) -> Result<JsonFields, Error> {
+    if nesting_depth(body) > max_depth {
+        return Err(Error::Invalid(simd_error.to_string()));
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(map)) => Ok(JsonFields {
+            event: map
+                .get("event")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            callid: map.get("callid").and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => n
+                    .as_i64()
+                    .map(|i| i.to_string())
+                    .or_else(|| n.as_u64().map(|u| u.to_string())),
+                _ => None,
+            }),
+        }),
+        Ok(_) => Err(Error::NotAnObject),
+        Err(_) => Err(Error::Invalid(simd_error.to_string())),
+    }
+}
+
+/// The deepest nesting of `[`/`{` outside strings; garbage may give any number, which only
+/// matters for refusing it.
+fn nesting_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Walks the top level of an object tape; later duplicates of a key win, as in serde_json.
@@ -153,6 +217,9 @@ mod tests {
             (r#"{"event":"a","event":"b"}"#, Ok((Some("b"), None))),
             (r#"{"event":1}"#, Ok((None, None))),
             (r#"{"event":"caf\u00e9"}"#, Ok((Some("café"), None))),
+            // Beyond f64: refused by simd-json, valid JSON all the same.
+            (r#"{"n":4e+6584,"callid":"big"}"#, Ok((None, Some("big")))),
+            (r#"[1e999]"#, Err(())),
             (" \n{\"event\" : \"cdr\"}\n", Ok((Some("cdr"), None))),
             (r#"{"a":1"#, Err(())),
             (r#"{"a":1} x"#, Err(())),

@@ -3,7 +3,9 @@
 
 mod util;
 
+mod conformance;
 mod durability;
+mod flood;
 mod http_contract;
 mod ingest;
 mod reader;

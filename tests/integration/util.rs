@@ -37,8 +37,30 @@ impl Server {
 
     /// Like [`Server::start`], but returns the error output when it does not come up.
     pub fn try_start(data: &Path, extra: &[&str]) -> Result<Server, String> {
+        Self::start_with(data, extra, None)
+    }
+
+    /// Starts the server with its descriptor limit lowered to `nofile` (when given).
+    pub fn start_with(data: &Path, extra: &[&str], nofile: Option<u64>) -> Result<Server, String> {
         let log = data.with_extension(format!("log-{}", unique()));
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and only touches the child being spawned.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
@@ -114,6 +136,24 @@ impl Server {
         let mut child = self.child.take().unwrap();
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// CPU time the server used so far (user + system), from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.child.as_ref().unwrap().id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // Fields 14 and 15 of stat(5): utime and stime, in clock ticks; after the `)` they are
+        // at positions 11 and 12.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
     }
 
     pub fn stderr(&self) -> String {
@@ -268,6 +308,21 @@ impl Conn {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Raises this process's descriptor limit to its hard limit (children inherit it).
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit on our own process with a valid pointer.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    lim.rlim_cur
 }
 
 /// Runs the CLI with `args`.

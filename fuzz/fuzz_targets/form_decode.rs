@@ -1,0 +1,17 @@
+//! Property: the hand-rolled form decoder agrees with the `form_urlencoded` crate (the WHATWG
+//! reference implementation in Rust) on every input, pair for pair.
+#![no_main]
+
+use didgate::decode::form;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let ours: Vec<(String, String)> = form::parse(data)
+        .map(|(n, v)| (form::lossy(&n).into_owned(), form::lossy(&v).into_owned()))
+        .collect();
+    let theirs: Vec<(String, String)> = form_urlencoded::parse(data)
+        .map(|(n, v)| (n.into_owned(), v.into_owned()))
+        .collect();
+    assert_eq!(ours, theirs);
+    assert_eq!(form::has_named_field(data), theirs.iter().any(|(n, _)| !n.is_empty()));
+});

@@ -1,0 +1,40 @@
+//! Property: the simd-json event decoder accepts and refuses exactly what serde_json does
+//! (within the nesting limit), and extracts the same `event` and `callid` values.
+#![no_main]
+
+use didgate::decode::json::{Error, JsonDecoder, MAX_JSON_DEPTH};
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn callid(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.as_i64().map(|i| i.to_string()).or_else(|| n.as_u64().map(|u| u.to_string())),
+        _ => None,
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let ours = JsonDecoder::default().decode(data);
+    let theirs: Result<Value, _> = serde_json::from_slice(data);
+    match (&ours, &theirs) {
+        (Ok(fields), Ok(Value::Object(map))) => {
+            assert!(depth(theirs.as_ref().unwrap()) <= MAX_JSON_DEPTH);
+            let event = map.get("event").and_then(|v| v.as_str()).map(str::to_string);
+            assert_eq!(fields.event, event);
+            assert_eq!(fields.callid, map.get("callid").and_then(callid));
+        }
+        (Err(Error::NotAnObject), Ok(v)) => assert!(!v.is_object()),
+        (Err(Error::Invalid(_)), Err(_)) => {}
+        (Err(Error::Invalid(_)), Ok(v)) if depth(v) > MAX_JSON_DEPTH => {}
+        _ => panic!("decoders disagree: ours {ours:?}, serde_json {theirs:?}"),
+    }
+});
