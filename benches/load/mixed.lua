@@ -1,10 +1,14 @@
 -- wrk script: didlogic's mixed workload, 70% CDR, 20% recording, 10% SMS, every body unique
--- (so none is a duplicate). The hook token comes from $DIDGATE_TOKEN.
+-- (so none is a duplicate). The hook token comes from $DIDGATE_TOKEN. At the end it prints
+-- `sent N acked N other N`: requests written, 2xx answers read, other answers read, so the
+-- driver can check acked <= stored <= sent against the store.
 local token = os.getenv("DIDGATE_TOKEN") or "token"
 -- Ids must be unique across runs against the same store, or later runs are all duplicates.
 local run = os.getenv("DIDGATE_RUN") or tostring(os.time())
-local counter = 0
-local thread_id = 0
+-- Globals, not locals: done() reads them from each thread with thread:get().
+counter = 0
+acked = 0
+other = 0
 local threads = {}
 
 function setup(thread)
@@ -34,4 +38,22 @@ request = function()
       "&received_at=2026-05-13+12%3A45%3A40+UTC"
     return wrk.format("POST", "/hooks/" .. token .. "/sms", form_headers, body)
   end
+end
+
+response = function(status, headers, body)
+  if status >= 200 and status < 300 then
+    acked = acked + 1
+  else
+    other = other + 1
+  end
+end
+
+done = function(summary, latency, requests)
+  local sent, ok, bad = 0, 0, 0
+  for _, t in ipairs(threads) do
+    sent = sent + t:get("counter")
+    ok = ok + t:get("acked")
+    bad = bad + t:get("other")
+  end
+  io.write(string.format("sent %d acked %d other %d\n", sent, ok, bad))
 end

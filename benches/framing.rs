@@ -1,0 +1,35 @@
+//! Request framing: `http::parse_head` (httparse plus our RFC 9112 checks: Content-Length,
+//! Transfer-Encoding, Connection, Expect, Host) against bare httparse on the same head.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use didgate::http::{Limits, parse_head};
+
+/// A webhook request head as a typical HTTP client library sends it.
+const HEAD: &[u8] = b"POST /hooks/74703ce1724f5341b10ba3be617aced7b7f73aa5adf20259/cdr HTTP/1.1\r\nHost: gw.example.com:8080\r\nUser-Agent: didlogic-webhooks/1.0\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\nContent-Type: application/json\r\nContent-Length: 214\r\nConnection: keep-alive\r\n\r\n";
+
+const LIMITS: Limits = Limits {
+    max_head_bytes: 16 * 1024,
+    max_headers: 128,
+    max_body_bytes: 64 * 1024,
+};
+
+fn framing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_head");
+    g.throughput(Throughput::Bytes(HEAD.len() as u64));
+    g.bench_function("didgate_parse_head", |b| {
+        b.iter(|| parse_head(black_box(HEAD), &LIMITS))
+    });
+    g.bench_function("bare_httparse", |b| {
+        b.iter(|| {
+            let mut headers = [httparse::EMPTY_HEADER; 128];
+            let mut req = httparse::Request::new(&mut headers);
+            req.parse(black_box(HEAD)).map(|s| s.is_complete())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, framing);
+criterion_main!(benches);

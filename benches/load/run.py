@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Load benchmark: didgate (every 200 after fsync) beside nginx `return 200` (the HTTP ceiling
+of the box), same machine, same run, same wrk workload.
+
+    python3 benches/load/run.py                      # 16/64/256 connections, 10 s each
+    python3 benches/load/run.py --conns 64 --seconds 30
+
+It builds didgate in release mode, installs wrk and nginx from Debian when missing, starts
+both servers on loopback ports of a temp directory, runs the mixed workload (70% CDR, 20%
+recording, 10% SMS, every body unique) against each, and prints per connection count:
+req/s, p50/p99 latency, non-2xx answers, peak RSS, fsyncs (commits) per second, events per
+commit, the ratio to nginx, and the check acked <= stored <= sent (no acknowledged event
+missing, nothing stored that was not sent). Every run is bounded by --seconds; the script
+stops both servers itself.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LUA = os.path.join(ROOT, "benches", "load", "mixed.lua")
+BIN = os.path.join(ROOT, "target", "release", "didgate")
+
+
+def need(tool, package):
+    if shutil.which(tool):
+        return
+    print(f"installing {package} from Debian", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def to_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def wrk(port, conns, seconds, token, run_id):
+    env = {**os.environ, "DIDGATE_TOKEN": token, "DIDGATE_RUN": run_id}
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "15s", "--latency",
+         "-s", LUA, f"http://127.0.0.1:{port}"],
+        env=env, capture_output=True, text=True, check=True).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    for pct in ("50", "99"):
+        result["p" + pct] = to_ms(re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M).group(1))
+    m = re.search(r"sent (\d+) acked (\d+) other (\d+)", out)
+    result.update(sent=int(m.group(1)), acked=int(m.group(2)), other=int(m.group(3)))
+    errors = re.search(r"Socket errors: (.*)", out)
+    result["socket_errors"] = errors.group(1) if errors else ""
+    return result
+
+
+class Sampler(threading.Thread):
+    """Peak resident memory of a process, sampled every 200 ms."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak_kib, self.peak_anon_kib, self.stop = pid, 0, 0, False
+
+    def run(self):
+        while not self.stop:
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    text = f.read()
+                rss = int(re.search(r"VmRSS:\s+(\d+)", text).group(1))
+                anon = int(re.search(r"RssAnon:\s+(\d+)", text).group(1))
+                self.peak_kib = max(self.peak_kib, rss)
+                self.peak_anon_kib = max(self.peak_anon_kib, anon)
+            except (OSError, AttributeError):
+                pass
+            time.sleep(0.2)
+
+
+def start_didgate(data, port, token):
+    proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data", data,
+                             "--token", token],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("didgate: cdr"):
+            break
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    return proc
+
+
+def stop_didgate(proc):
+    proc.send_signal(signal.SIGTERM)
+    err = proc.stderr.read()
+    proc.wait(timeout=30)
+    m = re.search(r"stopped: (\d+) commits, (\d+) events", err)
+    if not m:
+        sys.exit(f"didgate did not stop cleanly:\n{err}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def stored_events(data):
+    out = subprocess.run([BIN, "stats", "--json", "--data", data], capture_output=True,
+                         text=True, check=True).stdout
+    doc = json.loads(out)
+    return doc["events"] + sum(doc["duplicates"].values()) + doc["quarantined"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--conns", default="16,64,256", help="comma-separated connection counts")
+    ap.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
+    args = ap.parse_args()
+    conns = [int(c) for c in args.conns.split(",")]
+
+    need("wrk", "wrk")
+    need("nginx", "nginx-light")
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+
+    work = tempfile.mkdtemp(prefix="didgate-load-")
+    data = os.path.join(work, "data")
+    nginx_port, didgate_port = free_port(), free_port()
+    with open(os.path.join(work, "nginx.conf"), "w") as f:
+        f.write(f"""worker_processes auto;
+pid {work}/nginx.pid;
+error_log {work}/nginx.err;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  server {{ listen 127.0.0.1:{nginx_port}; location / {{ return 200 "stored\\n"; }} }}
+}}
+""")
+    nginx = subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf", "-p", work, "-g", "daemon off;"])
+    token = "loadbench" + str(int(time.time())) + "abcdefgh"
+    rows = []
+    try:
+        time.sleep(0.5)
+        for c in conns:
+            base = wrk(nginx_port, c, args.seconds, token, f"n{c}-{time.time()}")
+            proc = start_didgate(data, didgate_port, token)
+            before = stored_events(data)
+            sampler = Sampler(proc.pid)
+            sampler.start()
+            ours = wrk(didgate_port, c, args.seconds, token, f"d{c}-{time.time()}")
+            sampler.stop = True
+            commits, events = stop_didgate(proc)
+            stored = stored_events(data) - before
+            ok = ours["acked"] <= stored <= ours["sent"] and ours["other"] == 0
+            rows.append((c, base, ours, sampler, commits, events, stored, ok))
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+
+    print(f"\nmixed workload, {args.seconds} s per run, wrk -t2 on the same 2 cores\n")
+    print("| conns | server | req/s | p50 ms | p99 ms | non-2xx | peak RSS MiB (anon) "
+          "| fsyncs/s | events/commit | vs nginx | sent / acked / stored |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    all_ok = True
+    for c, base, ours, sampler, commits, events, stored, ok in rows:
+        all_ok &= ok
+        print(f"| {c} | nginx return 200 | {base['rps']:.0f} | {base['p50']:.2f} | "
+              f"{base['p99']:.2f} | {base['other']} | | | | 1.00 | |")
+        per_commit = events / commits if commits else 0
+        print(f"| {c} | didgate durable | {ours['rps']:.0f} | {ours['p50']:.2f} | "
+              f"{ours['p99']:.2f} | {ours['other']} | {sampler.peak_kib / 1024:.0f} "
+              f"({sampler.peak_anon_kib / 1024:.0f}) | {commits / args.seconds:.0f} | "
+              f"{per_commit:.1f} | {ours['rps'] / base['rps']:.2f} | "
+              f"{ours['sent']} / {ours['acked']} / {stored} {'ok' if ok else 'MISMATCH'} |")
+    shutil.rmtree(work, ignore_errors=True)
+    if not all_ok:
+        sys.exit("stored/acknowledged check failed")
+
+
+if __name__ == "__main__":
+    main()
