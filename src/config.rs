@@ -5,14 +5,17 @@
 //! (`docs/configuration.md` lists the same). It does not apply them: the server, connection and
 //! writer read the validated values.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::http::{self, HEADER_SLOTS};
 use crate::log::Level;
+use crate::retention::Policy;
 
 /// Listen address: all interfaces, port 8080 (unprivileged; see `docs/` for port 80/443).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -57,14 +60,24 @@ pub const DEFAULT_BATCH_MAX: usize = 512;
 pub const DEFAULT_STACK_BYTES: usize = 64 * 1024;
 /// Smallest stack accepted.
 pub const MIN_STACK_BYTES: usize = 64 * 1024;
-/// LMDB map size: the most the data file may grow to. 64-bit hosts: 16 GiB of address space
-/// (the file grows only as data is written). 32-bit hosts (armv7 Raspberry Pi OS): 512 MiB, as
-/// the map must fit the process's address space.
-pub const DEFAULT_MAP_SIZE_BYTES: u64 = if usize::BITS >= 64 {
+/// Initial LMDB map size. The map grows by doubling before it fills (between write
+/// transactions, as LMDB requires), so this only sets where growth starts.
+pub const DEFAULT_MAP_SIZE_BYTES: u64 = 64 << 20;
+/// Most the LMDB map (and so the data file) may grow to. 64-bit hosts: 16 GiB. 32-bit hosts
+/// (armv7 Raspberry Pi OS): 768 MiB, as the whole map must fit the process's 3 GiB address
+/// space beside everything else.
+pub const DEFAULT_MAX_MAP_SIZE_BYTES: u64 = if usize::BITS >= 64 {
     16 << 30
 } else {
-    512 << 20
+    768 << 20
 };
+/// Admin listener (metrics, health): loopback only by default, as it is unauthenticated.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
+/// Below this much free space on the data filesystem, new events get 503 (the sender retries)
+/// rather than letting LMDB meet ENOSPC; room is left for the map to grow and for the OS.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 << 20;
+/// In `durability = "interval"` mode, how often committed data is flushed to disk.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(200);
 /// Pending connections the kernel queues while the accept loop catches up with a burst.
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 /// Descriptors kept back from the connection cap for LMDB, the listener, logs and the writer.
@@ -92,10 +105,31 @@ pub struct Config {
     /// Coroutine worker threads (default: one per core).
     pub workers: usize,
     pub stack_bytes: usize,
+    /// Initial map size; it grows up to `max_map_size_bytes`.
     pub map_size_bytes: u64,
+    pub max_map_size_bytes: u64,
     pub max_json_depth: usize,
     pub listen_backlog: u32,
     pub log_level: Level,
+    /// `None`: no admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Peers allowed to connect; empty: everyone (didlogic publishes no source list).
+    pub allow_from: Vec<IpNet>,
+    /// A second accepted token, for rotating without downtime.
+    pub previous_token: Option<String>,
+    pub retention: Policy,
+    pub min_free_disk_bytes: u64,
+    pub durability: Durability,
+}
+
+/// When an event counts as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit fsyncs before its requests are answered (the default).
+    Fsync,
+    /// Commits are answered once written to the file (they survive a crash of the process);
+    /// a sync to disk runs every interval, so a power cut may lose that much.
+    Interval(Duration),
 }
 
 /// The TOML file, as written. Every key is optional; unknown keys are errors.
@@ -121,9 +155,18 @@ struct FileConfig {
     workers: Option<usize>,
     stack_bytes: Option<usize>,
     map_size_bytes: Option<u64>,
+    max_map_size_bytes: Option<u64>,
     max_json_depth: Option<usize>,
     listen_backlog: Option<u32>,
     log_level: Option<String>,
+    admin_listen: Option<String>,
+    allow_from: Option<Vec<String>>,
+    previous_token: Option<String>,
+    retention_days: Option<BTreeMap<String, u32>>,
+    quarantine_retention_days: Option<u32>,
+    min_free_disk_bytes: Option<u64>,
+    durability: Option<String>,
+    sync_interval: Option<String>,
 }
 
 /// What the command line said; each `Some` overrides the file.
@@ -133,22 +176,45 @@ pub struct Flags {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub token: Option<String>,
+    pub admin_listen: Option<String>,
 }
 
-/// A configuration that cannot be used, with the key or file it concerns.
+/// A configuration that cannot be used, with the key (and line) it concerns.
 #[derive(Debug)]
-pub struct Error(pub String);
+pub struct Error {
+    pub message: String,
+    /// The key at fault, when one is.
+    pub key: Option<String>,
+}
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 impl std::error::Error for Error {}
 
 fn bad(key: &str, why: impl std::fmt::Display) -> Error {
-    Error(format!("config: `{key}`: {why}"))
+    Error {
+        message: format!("config: `{key}`: {why}"),
+        key: Some(key.to_string()),
+    }
+}
+
+fn plain(message: String) -> Error {
+    Error { message, key: None }
+}
+
+/// The 1-based line of `text` where `key` is assigned, if it is.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 /// The data directory when nothing configures one: systemd's `$STATE_DIRECTORY` (its first
@@ -236,11 +302,21 @@ impl Config {
     /// # Errors
     /// [`Error`] naming the file, key (and for syntax errors, line) that is wrong.
     pub fn load(flags: &Flags) -> Result<Config, Error> {
-        let file = match &flags.config {
-            None => FileConfig::default(),
-            Some(path) => read_file(path)?,
+        let Some(path) = &flags.config else {
+            return Config::build(FileConfig::default(), flags);
         };
-        Config::build(file, flags)
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| plain(format!("config: cannot read {}: {e}", path.display())))?;
+        let file: FileConfig =
+            toml::from_str(&text).map_err(|e| plain(format!("config: {}: {e}", path.display())))?;
+        Config::build(file, flags).map_err(|e| {
+            let line = e.key.as_deref().and_then(|k| line_of(&text, k));
+            let message = match line {
+                Some(n) => format!("{} (in {} line {n})", e.message, path.display()),
+                None => format!("{} (in {})", e.message, path.display()),
+            };
+            Error { message, ..e }
+        })
     }
 
     fn build(f: FileConfig, flags: &Flags) -> Result<Config, Error> {
@@ -263,6 +339,100 @@ impl Config {
         let token = flags.token.clone().or(f.token);
         if let Some(t) = &token {
             check_token(t)?;
+        }
+        let previous_token = f.previous_token;
+        if let Some(t) = &previous_token {
+            check_token(t).map_err(|e| {
+                bad(
+                    "previous_token",
+                    e.message.trim_start_matches("config: `token`: "),
+                )
+            })?;
+            if token.as_deref() == Some(t.as_str()) {
+                return Err(bad("previous_token", "is the same as `token`"));
+            }
+        }
+        let admin_text = flags.admin_listen.clone().or(f.admin_listen);
+        let admin_listen = match admin_text.as_deref().map(str::trim) {
+            None => Some(
+                DEFAULT_ADMIN_LISTEN
+                    .parse()
+                    .map_err(|_| bad("admin_listen", "bad default"))?,
+            ),
+            Some("" | "off") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                bad(
+                    "admin_listen",
+                    format_args!("{a:?} is not an IP:port address (or \"off\")"),
+                )
+            })?),
+        };
+        let allow_from = f
+            .allow_from
+            .unwrap_or_default()
+            .iter()
+            .map(|c| {
+                parse_cidr(c).ok_or_else(|| {
+                    bad(
+                        "allow_from",
+                        format_args!("{c:?} is not a CIDR range or IP address"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<IpNet>, Error>>()?;
+        let mut retention = Policy {
+            quarantine_days: f.quarantine_retention_days,
+            ..Policy::default()
+        };
+        for (kind, days) in f.retention_days.unwrap_or_default() {
+            if days == 0 {
+                return Err(bad(
+                    "retention_days",
+                    format_args!("{kind} = 0: leave the kind out to keep it forever"),
+                ));
+            }
+            if kind == "default" {
+                retention.default_days = Some(days);
+            } else {
+                retention.days_by_kind.insert(kind, days);
+            }
+        }
+        if retention.quarantine_days == Some(0) {
+            return Err(bad(
+                "quarantine_retention_days",
+                "0: leave it out to keep quarantine forever",
+            ));
+        }
+        let durability = match f.durability.as_deref() {
+            None | Some("fsync") => Durability::Fsync,
+            Some("interval") => Durability::Interval(duration(
+                "sync_interval",
+                f.sync_interval,
+                DEFAULT_SYNC_INTERVAL,
+            )?),
+            Some(other) => {
+                return Err(bad(
+                    "durability",
+                    format_args!("{other:?}: must be \"fsync\" or \"interval\""),
+                ));
+            }
+        };
+        let map_size_bytes = in_range(
+            "map_size_bytes",
+            f.map_size_bytes,
+            DEFAULT_MAP_SIZE_BYTES,
+            1 << 20,
+            1 << 44,
+        )?;
+        let max_map_size_bytes = in_range(
+            "max_map_size_bytes",
+            f.max_map_size_bytes,
+            DEFAULT_MAX_MAP_SIZE_BYTES.max(map_size_bytes),
+            1 << 20,
+            1 << 44,
+        )?;
+        if max_map_size_bytes < map_size_bytes {
+            return Err(bad("max_map_size_bytes", "is smaller than map_size_bytes"));
         }
         let limits = http::Limits {
             max_head_bytes: in_range(
@@ -346,13 +516,8 @@ impl Config {
                 MIN_STACK_BYTES,
                 16 << 20,
             )?,
-            map_size_bytes: in_range(
-                "map_size_bytes",
-                f.map_size_bytes,
-                DEFAULT_MAP_SIZE_BYTES,
-                1 << 20,
-                1 << 44,
-            )?,
+            map_size_bytes,
+            max_map_size_bytes,
             max_json_depth: in_range(
                 "max_json_depth",
                 f.max_json_depth,
@@ -368,14 +533,22 @@ impl Config {
                 65_535,
             )?,
             log_level,
+            admin_listen,
+            allow_from,
+            previous_token,
+            retention,
+            min_free_disk_bytes: f.min_free_disk_bytes.unwrap_or(DEFAULT_MIN_FREE_DISK_BYTES),
+            durability,
         })
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error(format!("config: cannot read {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| Error(format!("config: {}: {e}", path.display())))
+/// `192.0.2.0/24`, `2001:db8::/32`, or a single address (`192.0.2.7`).
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 #[cfg(test)]
@@ -383,7 +556,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, Error> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| Error(e.to_string()))?;
+        let file: FileConfig = toml::from_str(text).map_err(|e| plain(e.to_string()))?;
         Config::build(file, &Flags::default())
     }
 
@@ -418,11 +591,64 @@ mod tests {
             ("token = \"has/slash/0123456789\"", "token"),
             ("log_level = \"loud\"", "log_level"),
             ("max_headers = 500", "max_headers"),
+            ("allow_from = [\"10.0.0.0/33\"]", "allow_from"),
+            ("admin_listen = \"localhost\"", "admin_listen"),
+            ("durability = \"sometimes\"", "durability"),
+            ("retention_days = { cdr = 0 }", "retention_days"),
+            (
+                "map_size_bytes = 4294967296\nmax_map_size_bytes = 1048576",
+                "max_map_size_bytes",
+            ),
+            (
+                "token = \"abcdefghijklmnopq\"\nprevious_token = \"abcdefghijklmnopq\"",
+                "previous_token",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn new_keys_parse() {
+        let c = parse("admin_listen = \"off\"\nallow_from = [\"192.0.2.0/24\", \"2001:db8::1\"]\nretention_days = { cdr = 400, default = 90 }\nquarantine_retention_days = 800\ndurability = \"interval\"\nsync_interval = \"50ms\"\n").unwrap();
+        assert_eq!(c.admin_listen, None);
+        assert_eq!(c.allow_from.len(), 2);
+        assert!(c.allow_from[0].contains(&"192.0.2.77".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(c.retention.days_by_kind.get("cdr"), Some(&400));
+        assert_eq!(c.retention.default_days, Some(90));
+        assert_eq!(
+            c.durability,
+            Durability::Interval(Duration::from_millis(50))
+        );
+        let d = parse("").unwrap();
+        assert_eq!(
+            d.admin_listen.map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_ADMIN_LISTEN)
+        );
+        assert!(d.retention.is_keep_all());
+    }
+
+    #[test]
+    fn value_errors_give_the_line_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "# comment\nlisten = \"0.0.0.0:1\"\n\nmax_body_bytes = 0\n",
+        )
+        .unwrap();
+        let err = Config::load(&Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 4") && err.contains("max_body_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -23,8 +23,9 @@ use may::net::TcpStream;
 use crate::decode::{self, Decoded, JsonDecoder};
 use crate::event::{BodyFormat, Event, MAX_CONTENT_TYPE_BYTES};
 use crate::http::{self, ChunkedDecoder, Framing, Head, Method, Status};
+use crate::metrics::RouteLabel;
 use crate::response::{Answer, Unavailable};
-use crate::route::{self, Route};
+use crate::route::{self, Hook, Route};
 use crate::server::Shared;
 use crate::writer::{Job, Outcome, Reply, SubmitError};
 
@@ -62,6 +63,8 @@ impl Drop for InFlight<'_> {
 /// An answer not yet written.
 struct Pending<'a> {
     what: PendingAnswer,
+    /// Which hook it was for, for the request counters.
+    route: RouteLabel,
     keep_alive: bool,
     http10: bool,
     _in_flight: InFlight<'a>,
@@ -101,6 +104,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         wbuf: Vec::with_capacity(512),
         pending: VecDeque::new(),
         json: JsonDecoder::new(shared.settings.max_json_depth),
+        route: RouteLabel::Other,
     };
     if let End::Close = conn.run() {
         conn.linger();
@@ -117,6 +121,8 @@ struct Conn<'a> {
     wbuf: Vec<u8>,
     pending: VecDeque<Pending<'a>>,
     json: JsonDecoder,
+    /// The hook of the request being handled (`Other` until routed).
+    route: RouteLabel,
 }
 
 impl<'a> Conn<'a> {
@@ -142,6 +148,7 @@ impl<'a> Conn<'a> {
     /// Reads until a complete head is at `start`. `Ok(None)`: the client closed or went idle
     /// between requests (nothing to answer).
     fn next_head(&mut self) -> Result<Option<Head>, End> {
+        self.route = RouteLabel::Other;
         let settings = &self.shared.settings;
         let mut head_started = (self.start < self.rbuf.len()).then(Instant::now);
         loop {
@@ -177,7 +184,15 @@ impl<'a> Conn<'a> {
     fn handle(&mut self, head: Head, in_flight: InFlight<'a>) -> Result<bool, End> {
         self.start += head.len;
         let shared = self.shared;
-        let early = match route::route(&head.target, &shared.token) {
+        let route = route::route(&head.target, &shared.access().tokens);
+        let label = match route {
+            Route::Hook(Hook::Cdr) => RouteLabel::Cdr,
+            Route::Hook(Hook::Recording) => RouteLabel::Recording,
+            Route::Hook(Hook::Sms) => RouteLabel::Sms,
+            Route::NotFound => RouteLabel::Other,
+        };
+        self.route = label;
+        let early = match route {
             _ if shared.is_shutting_down() => Err(Answer::Unavailable(Unavailable::ShuttingDown)),
             Route::NotFound => Err(Answer::NotFound),
             Route::Hook(_) if head.method != Method::Post => Err(Answer::MethodNotAllowed),
@@ -203,7 +218,10 @@ impl<'a> Conn<'a> {
             Ok(Some(body)) => body,
             // The body did not arrive in time. No 4xx: the sender would treat it as final and
             // drop the event; a closed connection makes it retry.
-            Ok(None) => return Err(self.finish_silently(in_flight)),
+            Ok(None) => {
+                shared.metrics.reject("body_timeout");
+                return Err(self.finish_silently(in_flight));
+            }
             Err(BodyError::Framing(e)) => {
                 self.reject(Answer::Framing(e), in_flight, head.http10);
                 return Err(self.finish());
@@ -246,6 +264,15 @@ impl<'a> Conn<'a> {
             quarantine,
             reply: reply.clone(),
         };
+        if shared
+            .health
+            .disk_low
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let what = PendingAnswer::Ready(Answer::Unavailable(Unavailable::DiskLow));
+            self.push(what, head.keep_alive, head.http10, in_flight);
+            return Ok(head.keep_alive);
+        }
         let what = match shared.queue.submit(job) {
             Ok(()) => PendingAnswer::Commit(reply, Instant::now() + shared.settings.commit_timeout),
             Err(SubmitError::Full) => {
@@ -317,6 +344,7 @@ impl<'a> Conn<'a> {
     fn push(&mut self, what: PendingAnswer, keep_alive: bool, http10: bool, f: InFlight<'a>) {
         self.pending.push_back(Pending {
             what,
+            route: self.route,
             keep_alive,
             http10,
             _in_flight: f,
@@ -366,6 +394,7 @@ impl<'a> Conn<'a> {
                     None => Answer::Unavailable(Unavailable::CommitTimeout),
                 },
             };
+            self.shared.metrics.answered(p.route, &answer);
             answer.write(&mut self.wbuf, p.keep_alive, p.http10);
             // `p` (and its in-flight count) is dropped once its bytes are queued.
         }

@@ -13,11 +13,16 @@
 //! - [`event`]: the event and its record encoding.
 //! - [`writer`]: the single writer thread: batch -> one write transaction -> commit -> wake.
 //! - [`store`]: LMDB environment, databases, key layout, and the read API.
+//! - [`retention`]: what is old enough to delete, pruned a slice at a time.
+//! - [`metrics`]: every counter, named once; Prometheus text.
+//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`notify`]: systemd's notify socket, watchdog and socket activation.
 //! - [`response`]: every answer -> status line and headers, in one place.
 //! - [`token`]: the secret path segment: generated, kept, compared.
 //! - [`timestamp`]: times as shown and accepted.
 //! - [`cli`]: the reader subcommands (`tail`, `export`, `get`, `stats`, `quarantine`).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -25,7 +30,10 @@ pub mod decode;
 pub mod event;
 pub mod http;
 pub mod log;
+pub mod metrics;
+pub mod notify;
 pub mod response;
+pub mod retention;
 pub mod route;
 pub mod server;
 pub mod store;

@@ -62,6 +62,9 @@ struct ServeArgs {
     /// one is generated on first start and kept in the data directory.
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+    /// Address of the metrics and health listener, or "off" [default: 127.0.0.1:9180].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
 }
 
 /// Where the store is: shared by every subcommand.
@@ -197,11 +200,12 @@ fn main() -> ExitCode {
             let flags = Flags {
                 listen: a.listen,
                 token: a.token,
+                admin_listen: a.admin_listen,
                 ..a.data.flags()
             };
             let result = Config::load(&flags)
                 .map_err(|e| e.to_string())
-                .and_then(|cfg| didgate::server::run(cfg).map_err(|e| e.to_string()));
+                .and_then(|cfg| didgate::server::run(cfg, flags).map_err(|e| e.to_string()));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -25,6 +25,8 @@ pub enum Unavailable {
     CommitFailed,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// Free disk space is below the configured headroom: refused before LMDB meets ENOSPC.
+    DiskLow,
 }
 
 /// One answer.
@@ -90,6 +92,7 @@ impl Answer {
                 Unavailable::CommitTimeout => "commit timed out, retry later\n",
                 Unavailable::CommitFailed => "storage failed, retry later\n",
                 Unavailable::ShuttingDown => "shutting down, retry later\n",
+                Unavailable::DiskLow => "storage nearly full, retry later\n",
             },
             Answer::Framing(e) => match e {
                 http::Error::UriTooLong => "request target too long\n",
@@ -144,6 +147,20 @@ impl Answer {
     }
 }
 
+/// A complete response with an arbitrary body, closing the connection (the admin endpoints).
+pub fn write_plain(out: &mut Vec<u8>, code: u16, reason: &str, content_type: &str, body: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(code));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    push_u64(out, body.len() as u64);
+    out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    out.extend_from_slice(body);
+}
+
 fn push_u64(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
@@ -196,6 +213,7 @@ mod tests {
             Unavailable::CommitTimeout,
             Unavailable::CommitFailed,
             Unavailable::ShuttingDown,
+            Unavailable::DiskLow,
         ] {
             assert_eq!(Answer::Unavailable(u).status().0, 503);
         }

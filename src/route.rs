@@ -42,8 +42,10 @@ pub enum Route {
 }
 
 /// Resolves a request target (RFC 9112 §3.2: origin-form `/path?query`, or absolute-form
-/// `http://host/path`, which servers must accept) against the expected token.
-pub fn route(target: &[u8], token: &[u8]) -> Route {
+/// `http://host/path`, which servers must accept) against the accepted tokens (the current one,
+/// and during a rotation the previous one). Every token is compared, so timing does not tell
+/// which one matched.
+pub fn route(target: &[u8], tokens: &[Vec<u8>]) -> Route {
     let path = origin_path(target);
     let path = match memchr::memchr(b'?', path) {
         Some(i) => &path[..i],
@@ -59,7 +61,10 @@ pub fn route(target: &[u8], token: &[u8]) -> Route {
     let Some(hook) = Hook::from_name(hook) else {
         return Route::NotFound;
     };
-    if token_matches(given, token) {
+    let matched = tokens
+        .iter()
+        .fold(false, |any, t| token_matches(given, t) | any);
+    if matched {
         Route::Hook(hook)
     } else {
         Route::NotFound
@@ -90,7 +95,7 @@ mod tests {
 
     #[test]
     fn table() {
-        let t = b"s3cr3t-token-0123456789";
+        let t = &[b"s3cr3t-token-0123456789".to_vec()];
         let cases: &[(&str, Route)] = &[
             ("/hooks/s3cr3t-token-0123456789/cdr", Route::Hook(Hook::Cdr)),
             (
@@ -118,5 +123,25 @@ mod tests {
         for (target, want) in cases {
             assert_eq!(route(target.as_bytes(), t), *want, "{target}");
         }
+    }
+
+    #[test]
+    fn previous_token_is_accepted_during_rotation() {
+        let both = [
+            b"new-token-0123456789".to_vec(),
+            b"old-token-0123456789".to_vec(),
+        ];
+        assert_eq!(
+            route(b"/hooks/old-token-0123456789/sms", &both),
+            Route::Hook(Hook::Sms)
+        );
+        assert_eq!(
+            route(b"/hooks/new-token-0123456789/sms", &both),
+            Route::Hook(Hook::Sms)
+        );
+        assert_eq!(
+            route(b"/hooks/old-token-0123456789/sms", &both[..1]),
+            Route::NotFound
+        );
     }
 }

@@ -116,6 +116,15 @@ struct Dbs {
     meta: Database,
 }
 
+/// When commits reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sync {
+    /// LMDB's default: every commit fsyncs before it returns.
+    EveryCommit,
+    /// Commits do not fsync; the caller calls [`Store::sync`] on its own schedule.
+    Deferred,
+}
+
 /// An open environment, for the writer or for a reader.
 pub struct Store {
     env: Environment,
@@ -185,15 +194,32 @@ pub struct Scan {
 pub type Resume = Option<u64>;
 
 impl Store {
-    /// Opens (creating if needed) the store for the single writer.
+    /// Opens (creating if needed) the store for the single writer, with fsync on every commit.
     ///
     /// # Errors
     /// The directory cannot be created, LMDB refuses the environment, or the schema differs.
     pub fn open_writer(dir: &Path, map_bytes: usize) -> Result<Store> {
+        Self::open_writer_with(dir, map_bytes, Sync::EveryCommit)
+    }
+
+    /// Opens the store for writing with the given sync policy. A map smaller than the data
+    /// file already holds is raised to the file's size (LMDB keeps the larger one).
+    ///
+    /// # Errors
+    /// As [`Store::open_writer`].
+    pub fn open_writer_with(dir: &Path, map_bytes: usize, sync: Sync) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(Error::Io)?;
+        let flags = match sync {
+            Sync::EveryCommit => EnvironmentFlags::empty(),
+            // Commits are written to the file but not flushed; `Store::sync` flushes. Without
+            // MDB_WRITEMAP the written pages are in the page cache, so a process crash loses
+            // nothing; a power cut can lose what was not synced yet.
+            Sync::Deferred => EnvironmentFlags::NO_SYNC,
+        };
         let env = Environment::new()
             .set_max_dbs(MAX_DBS)
             .set_map_size(map_bytes)
+            .set_flags(flags)
             .open_with_permissions(dir, FILE_MODE)?;
         let flags = DatabaseFlags::empty();
         let dbs = Dbs {
@@ -528,6 +554,68 @@ impl Store {
         }
     }
 
+    /// Grows the map to `bytes`. LMDB allows this only while this process has no write
+    /// transaction open, which the single writer guarantees by calling it between batches.
+    ///
+    /// # Errors
+    /// LMDB refused (e.g. the address space is exhausted on a 32-bit host).
+    pub fn grow_map(&self, bytes: u64) -> Result<()> {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        Ok(self.env.set_map_size(bytes)?)
+    }
+
+    /// Flushes committed data to disk (for [`Sync::Deferred`]).
+    ///
+    /// # Errors
+    /// The sync failed (an I/O error).
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.env.sync(true)?)
+    }
+
+    /// Frees reader slots held by processes that died (`mdb_reader_check`); returns how many.
+    pub fn clear_stale_readers(&self) -> usize {
+        reader_check(&self.env)
+    }
+
+    /// Free bytes for unprivileged users on the filesystem holding the store.
+    ///
+    /// # Errors
+    /// `statvfs` failed.
+    pub fn disk_free_bytes(&self) -> Result<u64> {
+        let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes())
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        // SAFETY: statvfs is all zeroes-valid plain data.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a valid NUL-terminated string and `st` a valid out-pointer.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(Error::Io(std::io::Error::last_os_error()));
+        }
+        // The fields are 32-bit on 32-bit targets (armv7), 64-bit elsewhere.
+        #[allow(clippy::useless_conversion)]
+        let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+        Ok(free)
+    }
+
+    /// Writes a consistent, compacted copy of the environment into the empty directory `dest`
+    /// (LMDB's `mdb_env_copy2` with `MDB_CP_COMPACT`: free pages are left out). Runs beside a
+    /// live writer: the copy is one read transaction's snapshot.
+    ///
+    /// # Errors
+    /// The copy failed (destination missing, not empty, or an I/O error).
+    pub fn copy_compacted(&self, dest: &Path) -> Result<()> {
+        let path = std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        // SAFETY: the environment handle is live for this call; `path` is NUL-terminated.
+        let rc = unsafe {
+            lmdb_sys::mdb_env_copy2(self.env.env(), path.as_ptr(), lmdb_sys::MDB_CP_COMPACT)
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Error::Lmdb(lmdb::Error::from_err_code(rc)))
+        }
+    }
+
     /// Map and file sizes.
     ///
     /// # Errors
@@ -555,8 +643,8 @@ pub struct WriteTxn<'s> {
     next_quarantine: u64,
     stored_at_ms: i64,
     day: String,
-    /// Counter increments, applied once per key at commit.
-    counts: BTreeMap<Vec<u8>, u64>,
+    /// Counter changes, applied once per key at commit.
+    counts: BTreeMap<Vec<u8>, i64>,
     scratch: Vec<u8>,
 }
 
@@ -655,8 +743,81 @@ impl WriteTxn<'_> {
         Ok(seq)
     }
 
+    /// The oldest events with `seq >= from`, at most `max`, for retention to judge.
+    ///
+    /// # Errors
+    /// LMDB or record errors.
+    pub fn oldest_events(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>> {
+        self.oldest(self.store.dbs.events, from, max, |seq, v| {
+            Ok(to_stored(seq, &decode_at(seq, v)?))
+        })
+    }
+
+    /// The oldest quarantined bodies with `seq >= from`, at most `max`.
+    ///
+    /// # Errors
+    /// LMDB or record errors.
+    pub fn oldest_quarantined(&self, from: u64, max: usize) -> Result<Vec<Quarantined>> {
+        self.oldest(self.store.dbs.quarantine, from, max, decode_quarantine)
+    }
+
+    fn oldest<T>(
+        &self,
+        db: Database,
+        from: u64,
+        max: usize,
+        read: impl Fn(u64, &[u8]) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let cursor = self.txn.open_ro_cursor(db)?;
+        let mut out = Vec::new();
+        let mut item = cursor_get(&cursor, Some(&from.to_be_bytes()), lmdb_sys::MDB_SET_RANGE)?;
+        while let Some((k, v)) = item {
+            if out.len() == max {
+                break;
+            }
+            out.push(read(key_seq(k), v)?);
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+        Ok(out)
+    }
+
+    /// Deletes an event with its index entries, and takes it out of the counters. `callid` is
+    /// what the call index holds for it (the JSON `callid`, derived from the body).
+    ///
+    /// # Errors
+    /// LMDB errors; the whole transaction must then be dropped.
+    pub fn delete_event(&mut self, ev: &StoredEvent, callid: Option<&str>) -> Result<()> {
+        let dbs = self.store.dbs;
+        let seq = ev.seq.to_be_bytes();
+        del_if_present(&mut self.txn, dbs.events, &seq)?;
+        if let Some(mut key) = callid.and_then(call_prefix) {
+            key.extend_from_slice(&seq);
+            del_if_present(&mut self.txn, dbs.calls, &key)?;
+        }
+        let mut key = [0u8; 24];
+        key[..16].copy_from_slice(&xxh3_128(&ev.body).to_be_bytes());
+        key[16..].copy_from_slice(&seq);
+        del_if_present(&mut self.txn, dbs.dedup, &key)?;
+        let day = timestamp::day_of_ms(ev.stored_at_ms);
+        self.unbump(format!("events/{}", ev.kind));
+        self.unbump(format!("day/{day}/{}", ev.kind));
+        Ok(())
+    }
+
+    /// Deletes a quarantined body.
+    ///
+    /// # Errors
+    /// LMDB errors; the whole transaction must then be dropped.
+    pub fn delete_quarantined(&mut self, seq: u64) -> Result<()> {
+        del_if_present(&mut self.txn, self.store.dbs.quarantine, &seq.to_be_bytes())
+    }
+
     fn bump(&mut self, key: String) {
         *self.counts.entry(key.into_bytes()).or_insert(0) += 1;
+    }
+
+    fn unbump(&mut self, key: String) {
+        *self.counts.entry(key.into_bytes()).or_insert(0) -= 1;
     }
 
     /// Writes the counters and commits: with the default environment flags this returns only
@@ -666,14 +827,19 @@ impl WriteTxn<'_> {
     /// LMDB errors; nothing of the batch is then stored.
     pub fn commit(mut self) -> Result<()> {
         let db = self.store.dbs.counts;
-        for (key, add) in std::mem::take(&mut self.counts) {
+        for (key, delta) in std::mem::take(&mut self.counts) {
             let old = match self.txn.get(db, &key) {
                 Ok(v) => v.try_into().map(u64::from_be_bytes).unwrap_or(0),
                 Err(lmdb::Error::NotFound) => 0,
                 Err(e) => return Err(e.into()),
             };
-            self.txn
-                .put(db, &key, &(old + add).to_be_bytes(), WriteFlags::empty())?;
+            let new = old.saturating_add_signed(delta);
+            if new == 0 {
+                del_if_present(&mut self.txn, db, &key)?;
+            } else {
+                self.txn
+                    .put(db, &key, &new.to_be_bytes(), WriteFlags::empty())?;
+            }
         }
         let (store, next_event, next_quarantine) =
             (self.store, self.next_event, self.next_quarantine);
@@ -681,6 +847,13 @@ impl WriteTxn<'_> {
         store.next_event.set(next_event);
         store.next_quarantine.set(next_quarantine);
         Ok(())
+    }
+}
+
+fn del_if_present(txn: &mut lmdb::RwTransaction<'_>, db: Database, key: &[u8]) -> Result<()> {
+    match txn.del(db, &key, None) {
+        Ok(()) | Err(lmdb::Error::NotFound) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -694,13 +867,14 @@ fn check_schema(v: &[u8]) -> Result<()> {
 }
 
 /// Clears reader slots of dead processes (`mdb_reader_check`); harmless when there are none.
-fn reader_check(env: &Environment) {
+fn reader_check(env: &Environment) -> usize {
     let mut dead: libc::c_int = 0;
     // SAFETY: `env.env()` is the live environment handle owned by `env` for this call's
     // duration, and `dead` is a valid out-pointer.
     unsafe {
         lmdb_sys::mdb_reader_check(env.env(), &mut dead);
     }
+    usize::try_from(dead).unwrap_or(0)
 }
 
 /// `callid` then a 0x00 separator; `None` when it cannot be a key (too long, holds NUL).

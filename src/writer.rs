@@ -11,7 +11,7 @@
 //! one fsync into many acknowledged events.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,11 +19,31 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use may::sync::Blocker;
 
 use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::retention::{self, Cutoffs, Policy};
 use crate::store::{self, Store};
 use crate::timestamp;
 
-/// How often an idle writer wakes to check whether it should stop.
+/// How often an idle writer wakes: to stop when asked, sync in interval mode, keep house, and
+/// show it is alive (the systemd watchdog follows this heartbeat).
 const IDLE_TICK: Duration = Duration::from_millis(100);
+
+/// How often free disk space and map usage are checked.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often reader slots of dead reader processes are cleared.
+pub const READER_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Pause between retention passes once a pass reached the end.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The map grows when more than this share of it is in use (checked before every batch, and
+/// between batches), so a commit never meets `MDB_MAP_FULL` below the configured maximum.
+const MAP_GROW_AT: f64 = 0.75;
+
+/// Free space must rise this much above the threshold before ingest resumes, so it does not
+/// flap around the limit.
+const DISK_HYSTERESIS: f64 = 1.10;
 
 /// Exit status when LMDB declares the environment unusable (`MDB_PANIC`): only a restart of
 /// the process recovers, and systemd's `Restart=on-failure` does that. (EX_SOFTWARE.)
@@ -89,7 +109,7 @@ pub struct Job {
 }
 
 /// Tuning of the writer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Most jobs in one write transaction.
     pub batch_max: usize,
@@ -97,6 +117,35 @@ pub struct Settings {
     pub queue_capacity: usize,
     /// How far back a byte-identical body counts as a duplicate.
     pub dedup_window: Duration,
+    /// `Some(interval)`: commits do not fsync, a sync runs every interval (the store must be
+    /// opened with `store::Sync::Deferred`). `None`: every commit fsyncs.
+    pub sync_interval: Option<Duration>,
+    /// Below this many free bytes on the data filesystem, ingest answers 503.
+    pub min_free_disk_bytes: u64,
+    /// The most the LMDB map may grow to.
+    pub max_map_bytes: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            batch_max: 512,
+            queue_capacity: 4096,
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+            sync_interval: None,
+            min_free_disk_bytes: 0,
+            max_map_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Conditions the connections and `/readyz` must know about.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Free disk is below the headroom: new events are refused with 503.
+    pub disk_low: AtomicBool,
+    /// The last commit failed.
+    pub commit_failing: AtomicBool,
 }
 
 /// Counters the writer keeps; read by the server for its shutdown summary.
@@ -150,6 +199,20 @@ pub struct Writer {
     thread: JoinHandle<()>,
     stop: Arc<AtomicBool>,
     pub stats: Arc<Stats>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// Retention, replaceable on reload.
+    pub retention: Arc<Mutex<Policy>>,
+}
+
+/// What the writer thread owns and shares.
+struct Ctx {
+    settings: Settings,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    retention: Arc<Mutex<Policy>>,
 }
 
 impl Writer {
@@ -158,23 +221,44 @@ impl Writer {
     /// # Errors
     /// The thread could not be spawned.
     pub fn spawn(store: Store, settings: Settings) -> std::io::Result<(Writer, Queue)> {
+        Self::spawn_with(store, settings, Arc::default(), Policy::default())
+    }
+
+    /// Starts the writer, counting into `metrics`, pruning under `retention`.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn spawn_with(
+        store: Store,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        retention: Policy,
+    ) -> std::io::Result<(Writer, Queue)> {
         let (tx, rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Stats::default());
-        let thread = {
-            let (stop, stats) = (stop.clone(), stats.clone());
-            std::thread::Builder::new()
-                .name("didgate-writer".into())
-                .spawn(move || run(store, rx, settings, &stop, &stats))?
+        let health = Arc::new(Health::default());
+        let retention = Arc::new(Mutex::new(retention));
+        let ctx = Ctx {
+            settings,
+            stop: stop.clone(),
+            stats: stats.clone(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+            retention: retention.clone(),
         };
-        Ok((
-            Writer {
-                thread,
-                stop,
-                stats,
-            },
-            Queue { tx },
-        ))
+        let thread = std::thread::Builder::new()
+            .name("didgate-writer".into())
+            .spawn(move || run(store, rx, ctx))?;
+        let writer = Writer {
+            thread,
+            stop,
+            stats,
+            health,
+            metrics,
+            retention,
+        };
+        Ok((writer, Queue { tx }))
     }
 
     /// Commits everything already queued, then stops the thread and closes the store.
@@ -186,18 +270,26 @@ impl Writer {
     }
 }
 
-fn run(store: Store, rx: Receiver<Job>, settings: Settings, stop: &AtomicBool, stats: &Stats) {
-    let window_ms = i64::try_from(settings.dedup_window.as_millis()).unwrap_or(i64::MAX);
-    let mut batch: Vec<Job> = Vec::with_capacity(settings.batch_max);
+fn run(store: Store, rx: Receiver<Job>, ctx: Ctx) {
+    let window_ms = i64::try_from(ctx.settings.dedup_window.as_millis()).unwrap_or(i64::MAX);
+    let mut batch: Vec<Job> = Vec::with_capacity(ctx.settings.batch_max);
+    let mut house = Housekeeping::new(&store, &ctx);
     let mut last_ms = i64::MIN;
     loop {
+        ctx.metrics.writer_heartbeat_ms.store(
+            u64::try_from(timestamp::now_ms()).unwrap_or(0),
+            Ordering::Relaxed,
+        );
         match rx.recv_timeout(IDLE_TICK) {
             Ok(job) => batch.push(job),
-            Err(RecvTimeoutError::Timeout) if stop.load(Ordering::SeqCst) => break,
-            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Timeout) if ctx.stop.load(Ordering::SeqCst) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                house.run(&store, &ctx, rx.is_empty());
+                continue;
+            }
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        while batch.len() < settings.batch_max {
+        while batch.len() < ctx.settings.batch_max {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
@@ -206,23 +298,43 @@ fn run(store: Store, rx: Receiver<Job>, settings: Settings, stop: &AtomicBool, s
         // Stamps never go backwards, even if the wall clock does: readers binary-search by time.
         let now = timestamp::now_ms().max(last_ms);
         last_ms = now;
-        match commit_batch(&store, &batch, now, now.saturating_sub(window_ms)) {
+        let incoming: usize = batch.iter().map(|j| j.event.body.len()).sum();
+        house.ensure_room(&store, &ctx, incoming);
+        let since = now.saturating_sub(window_ms);
+        let started = Instant::now();
+        let mut result = commit_batch(&store, &batch, now, since);
+        if result.as_ref().is_err_and(store::Error::is_map_full) && house.grow(&store, &ctx) {
+            result = commit_batch(&store, &batch, now, since);
+        }
+        match result {
             Ok(outcomes) => {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                house.dirty = true;
+                ctx.health.commit_failing.store(false, Ordering::Relaxed);
+                let fsynced = ctx.settings.sync_interval.is_none();
+                ctx.metrics
+                    .committed(batch.len(), started.elapsed(), fsynced, now);
+                ctx.stats.commits.fetch_add(1, Ordering::Relaxed);
+                ctx.stats
+                    .jobs
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
                     match outcome {
-                        Outcome::Duplicate(_) => stats.duplicates.fetch_add(1, Ordering::Relaxed),
-                        Outcome::Quarantined(_) => {
-                            stats.quarantined.fetch_add(1, Ordering::Relaxed)
+                        Outcome::Duplicate(_) => {
+                            ctx.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         }
-                        _ => 0,
-                    };
+                        Outcome::Quarantined(_) => {
+                            ctx.stats.quarantined.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Outcome::Stored(_) => ctx.metrics.stored(&job.event.kind),
+                        Outcome::Failed => {}
+                    }
                     job.reply.complete(outcome);
                 }
             }
             Err(e) => {
-                stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
+                ctx.health.commit_failing.store(true, Ordering::Relaxed);
                 if e.is_fatal() {
                     crate::log::error(format_args!(
                         "storage is unusable ({e}); exiting so the service manager restarts didgate"
@@ -238,9 +350,200 @@ fn run(store: Store, rx: Receiver<Job>, settings: Settings, stop: &AtomicBool, s
                 }
             }
         }
+        house.run(&store, &ctx, rx.is_empty());
     }
+    house.sync(&store, &ctx);
 }
 
+/// The writer's chores between batches: sync in interval mode, watch disk and map, clear
+/// stale readers, prune by retention. Each is cheap or sliced, and ingest comes first.
+struct Housekeeping {
+    /// Commits since the last sync (interval mode).
+    dirty: bool,
+    last_sync: Instant,
+    last_check: Option<Instant>,
+    last_reader_check: Instant,
+    next_prune: Instant,
+    prune_cursor: retention::Cursor,
+    /// The map size set on the environment now.
+    map_bytes: u64,
+}
+
+impl Housekeeping {
+    fn new(store: &Store, ctx: &Ctx) -> Housekeeping {
+        let map_bytes = store.space().map_or(0, |s| s.map_bytes);
+        ctx.metrics
+            .map_max_bytes
+            .store(ctx.settings.max_map_bytes, Ordering::Relaxed);
+        let now = Instant::now();
+        Housekeeping {
+            dirty: false,
+            last_sync: now,
+            last_check: None,
+            last_reader_check: now,
+            next_prune: now,
+            prune_cursor: retention::Cursor::default(),
+            map_bytes,
+        }
+    }
+
+    /// Runs what is due. `idle`: nothing is queued, so slower chores (pruning) may run.
+    fn run(&mut self, store: &Store, ctx: &Ctx, idle: bool) {
+        let now = Instant::now();
+        if let Some(interval) = ctx.settings.sync_interval
+            && self.dirty
+            && now.duration_since(self.last_sync) >= interval
+        {
+            self.sync(store, ctx);
+        }
+        if self
+            .last_check
+            .is_none_or(|t| now.duration_since(t) >= HOUSEKEEPING_INTERVAL)
+        {
+            self.last_check = Some(now);
+            self.check_disk(store, ctx);
+            self.ensure_room(store, ctx, 0);
+        }
+        if now.duration_since(self.last_reader_check) >= READER_CHECK_INTERVAL {
+            self.last_reader_check = now;
+            let cleared = store.clear_stale_readers();
+            if cleared > 0 {
+                crate::log::info(format_args!(
+                    "cleared {cleared} reader slots left by dead processes"
+                ));
+            }
+        }
+        if idle && now >= self.next_prune {
+            self.prune(store, ctx);
+        }
+    }
+
+    /// In interval mode, flushes what was committed since the last sync.
+    fn sync(&mut self, store: &Store, ctx: &Ctx) {
+        if ctx.settings.sync_interval.is_none() || !self.dirty {
+            return;
+        }
+        match store.sync() {
+            Ok(()) => {
+                self.dirty = false;
+                ctx.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => crate::log::warn_limited("sync-failed", format_args!("sync failed: {e}")),
+        }
+        self.last_sync = Instant::now();
+    }
+
+    fn check_disk(&mut self, store: &Store, ctx: &Ctx) {
+        let Ok(free) = store.disk_free_bytes() else {
+            return;
+        };
+        ctx.metrics.disk_free_bytes.store(free, Ordering::Relaxed);
+        let min = ctx.settings.min_free_disk_bytes;
+        let was_low = ctx.health.disk_low.load(Ordering::Relaxed);
+        let low = if was_low {
+            (free as f64) < min as f64 * DISK_HYSTERESIS
+        } else {
+            free < min
+        };
+        if low != was_low {
+            ctx.health.disk_low.store(low, Ordering::Relaxed);
+            if low {
+                crate::log::error(format_args!(
+                    "free disk space {free} bytes is below min_free_disk_bytes ({min}): new events get 503 until space is freed"
+                ));
+            } else {
+                crate::log::info(format_args!(
+                    "free disk space recovered ({free} bytes): accepting events again"
+                ));
+            }
+        }
+    }
+
+    /// Grows the map ahead of need: before a batch of `incoming` body bytes (records and
+    /// index entries take roughly twice the body), and on every housekeeping pass.
+    fn ensure_room(&mut self, store: &Store, ctx: &Ctx, incoming: usize) {
+        let Ok(space) = store.space() else {
+            return;
+        };
+        self.map_bytes = space.map_bytes;
+        ctx.metrics
+            .db_used_bytes
+            .store(space.used_bytes, Ordering::Relaxed);
+        ctx.metrics
+            .map_bytes
+            .store(space.map_bytes, Ordering::Relaxed);
+        let needed = space.used_bytes + 2 * incoming as u64 + 64 * 1024;
+        if needed as f64 > space.map_bytes as f64 * MAP_GROW_AT {
+            self.grow(store, ctx);
+        }
+    }
+
+    /// Doubles the map, up to the maximum. Returns whether it grew.
+    fn grow(&mut self, store: &Store, ctx: &Ctx) -> bool {
+        let max = ctx.settings.max_map_bytes;
+        if self.map_bytes >= max {
+            crate::log::warn_limited(
+                "map-max",
+                format_args!(
+                    "the LMDB map is at its maximum ({max} bytes); raise max_map_size_bytes or prune"
+                ),
+            );
+            return false;
+        }
+        let target = self.map_bytes.saturating_mul(2).clamp(1 << 20, max);
+        match store.grow_map(target) {
+            Ok(()) => {
+                crate::log::info(format_args!(
+                    "grew the LMDB map from {} to {target} bytes",
+                    self.map_bytes
+                ));
+                self.map_bytes = target;
+                ctx.metrics.map_bytes.store(target, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                crate::log::warn_limited(
+                    "map-grow",
+                    format_args!("could not grow the LMDB map: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    /// One retention slice, when a policy is set.
+    fn prune(&mut self, store: &Store, ctx: &Ctx) {
+        let policy = match ctx.retention.lock() {
+            Ok(p) if !p.is_keep_all() => p.clone(),
+            _ => {
+                self.next_prune = Instant::now() + PRUNE_INTERVAL;
+                return;
+            }
+        };
+        let now = timestamp::now_ms();
+        let cutoffs = Cutoffs::at(&policy, now);
+        match retention::prune_slice(store, &cutoffs, &mut self.prune_cursor, now) {
+            Ok(slice) => {
+                ctx.metrics
+                    .pruned_events
+                    .fetch_add(slice.events_deleted, Ordering::Relaxed);
+                if slice.events_deleted + slice.quarantined_deleted > 0 {
+                    crate::log::info(format_args!(
+                        "retention pruned {} events and {} quarantined bodies",
+                        slice.events_deleted, slice.quarantined_deleted
+                    ));
+                }
+                if slice.done {
+                    self.next_prune = Instant::now() + PRUNE_INTERVAL;
+                }
+            }
+            Err(e) => {
+                crate::log::warn_limited("prune", format_args!("retention pruning failed: {e}"));
+                self.next_prune = Instant::now() + PRUNE_INTERVAL;
+            }
+        }
+    }
+}
 /// Writes one batch in one transaction. All or nothing: on any error the transaction is
 /// dropped (aborted) and every job in the batch fails.
 fn commit_batch(
@@ -293,6 +596,7 @@ mod tests {
             batch_max: 64,
             queue_capacity: queue,
             dedup_window: Duration::from_secs(3600),
+            ..Settings::default()
         }
     }
 

@@ -174,15 +174,18 @@ fn head_deadline_answers_408_and_body_deadline_closes() {
 }
 
 #[test]
-fn full_map_answers_503_with_retry_after_and_keeps_every_acknowledged_event() {
+fn the_map_grows_and_at_its_maximum_answers_503_with_retry_after() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), "map_size_bytes = 1048576\n");
+    let cfg = config(
+        tmp.path(),
+        "map_size_bytes = 1048576\nmax_map_size_bytes = 4194304\nmin_free_disk_bytes = 0\n",
+    );
     let data = tmp.path().join("data");
     let s = Server::start(&data, &["--config", &cfg]);
     let pad = "x".repeat(60_000);
     let mut acked = Vec::new();
     let mut refused = None;
-    for i in 0..64 {
+    for i in 0..200 {
         let id = format!("big-{i}");
         let r = s.post(
             "cdr",
@@ -197,7 +200,7 @@ fn full_map_answers_503_with_retry_after_and_keeps_every_acknowledged_event() {
             }
         }
     }
-    let r = refused.expect("a 1 MiB map fills up");
+    let r = refused.expect("a 4 MiB map fills up");
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after").as_deref(), Some("5"));
     assert!(!acked.is_empty());
@@ -207,8 +210,17 @@ fn full_map_answers_503_with_retry_after_and_keeps_every_acknowledged_event() {
         .collect();
     assert_eq!(stored, acked);
     assert!(
-        s.stderr().contains("commit of 1 events failed"),
-        "{}",
-        s.stderr()
+        acked.len() > 30,
+        "grew past the initial 1 MiB: {} events of 60 KB",
+        acked.len()
+    );
+    let log = s.stderr();
+    assert!(log.contains("grew the LMDB map"), "{log}");
+    assert!(log.contains("at its maximum"), "{log}");
+    let metrics = s.admin_get("/metrics").body;
+    assert!(metrics.contains("didgate_map_bytes 4194304"), "{metrics}");
+    assert!(
+        metrics.contains("didgate_rejections_total{reason=\"commit_failed\"} 1"),
+        "{metrics}"
     );
 }

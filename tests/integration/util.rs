@@ -25,6 +25,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The admin listener, when enabled.
+    pub admin: Option<SocketAddr>,
     pub token: String,
     pub log: PathBuf,
 }
@@ -61,7 +63,14 @@ impl Server {
             }
         }
         let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
             .arg(data)
             .args(extra)
             .stdin(Stdio::null())
@@ -72,8 +81,12 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let mut found = None;
+        let mut admin = None;
         for line in lines.by_ref() {
             let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("didgate: metrics and health on http://") {
+                admin = rest.split('/').next().and_then(|a| a.parse().ok());
+            }
             if let Some(url) = line.strip_prefix("didgate: cdr") {
                 found = Some(url.trim().to_string());
                 break;
@@ -90,6 +103,7 @@ impl Server {
         let token = path.split('/').nth(1).unwrap().to_string();
         Ok(Server {
             child: Some(child),
+            admin,
             addr: addr.parse().unwrap(),
             token,
             log,
@@ -109,6 +123,13 @@ impl Server {
             body.as_bytes(),
             "",
         ));
+        c.response()
+    }
+
+    /// GET on the admin listener.
+    pub fn admin_get(&self, path: &str) -> Response {
+        let mut c = Conn::open(self.admin.expect("admin listener enabled"));
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes());
         c.response()
     }
 

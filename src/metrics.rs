@@ -1,0 +1,402 @@
+//! Every counter the gateway keeps, named once, and their Prometheus text rendering.
+//!
+//! Owns names, labels, buckets and the exposition format (Prometheus text format 0.0.4). The
+//! hot path only does relaxed atomic adds on fixed arrays; label sets are closed (a kind
+//! outside cdr/recording/sms counts as `other`), so a hostile sender cannot grow the label
+//! space. Rendering (`/metrics`, `admin.rs`) is the only place that reads them together.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::response::{Answer, Unavailable};
+
+/// Where a request went, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteLabel {
+    Cdr = 0,
+    Recording = 1,
+    Sms = 2,
+    /// Not a hook path (or a wrong token).
+    Other = 3,
+}
+
+const ROUTES: [&str; 4] = ["cdr", "recording", "sms", "other"];
+const STATUSES: [u16; 13] = [
+    200, 400, 404, 405, 408, 413, 414, 417, 431, 501, 503, 505, 0,
+];
+const KINDS: [&str; 4] = ["cdr", "recording", "sms", "other"];
+
+/// Reasons a request or connection was refused, as a metric label.
+pub const REJECTIONS: [&str; 16] = [
+    "not_found",
+    "method_not_allowed",
+    "head_timeout",
+    "framing",
+    "body_too_large",
+    "head_too_large",
+    "unsupported",
+    "queue_full",
+    "commit_timeout",
+    "commit_failed",
+    "shutting_down",
+    "disk_low",
+    "denied_peer",
+    "body_timeout",
+    "quarantined",
+    "duplicate",
+];
+
+/// Upper bounds of the commit-latency histogram, seconds: fsync on SSDs is 0.1-2 ms, on SD
+/// cards 5-50 ms; past a second something is wrong.
+const COMMIT_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Upper bounds of the batch-size histogram, events per commit.
+const BATCH_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// A histogram with fixed buckets, lock-free.
+pub struct Histogram<const N: usize> {
+    bounds: [f64; N],
+    counts: [AtomicU64; N],
+    count: AtomicU64,
+    /// Sum in micro-units, to keep it an integer atomic.
+    sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: [f64; N]) -> Self {
+        Histogram {
+            bounds,
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// The gateway's counters and gauges.
+pub struct Metrics {
+    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
+    events: [AtomicU64; KINDS.len()],
+    rejections: [AtomicU64; REJECTIONS.len()],
+    pub commits: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub failed_commits: AtomicU64,
+    pub commit_seconds: Histogram<12>,
+    pub batch_events: Histogram<11>,
+    pub connections_accepted: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub panics: AtomicU64,
+    pub pruned_events: AtomicU64,
+    /// Gauges refreshed by the writer's housekeeping.
+    pub db_used_bytes: AtomicU64,
+    pub map_bytes: AtomicU64,
+    pub map_max_bytes: AtomicU64,
+    pub disk_free_bytes: AtomicU64,
+    /// Milliseconds since the epoch of the writer's last loop pass (idle ticks included).
+    pub writer_heartbeat_ms: AtomicU64,
+    /// Milliseconds since the epoch of the last successful commit.
+    pub last_commit_ms: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            events: std::array::from_fn(|_| AtomicU64::new(0)),
+            rejections: std::array::from_fn(|_| AtomicU64::new(0)),
+            commits: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            failed_commits: AtomicU64::new(0),
+            commit_seconds: Histogram::new(COMMIT_BUCKETS),
+            batch_events: Histogram::new(BATCH_BUCKETS),
+            connections_accepted: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            pruned_events: AtomicU64::new(0),
+            db_used_bytes: AtomicU64::new(0),
+            map_bytes: AtomicU64::new(0),
+            map_max_bytes: AtomicU64::new(0),
+            disk_free_bytes: AtomicU64::new(0),
+            writer_heartbeat_ms: AtomicU64::new(0),
+            last_commit_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The rejection label of an answer, if it is one.
+fn rejection_of(answer: &Answer) -> Option<&'static str> {
+    use crate::http::Error as H;
+    Some(match answer {
+        Answer::Stored | Answer::Continue => return None,
+        Answer::Duplicate => "duplicate",
+        Answer::Quarantined => "quarantined",
+        Answer::NotFound => "not_found",
+        Answer::MethodNotAllowed => "method_not_allowed",
+        Answer::RequestTimeout => "head_timeout",
+        Answer::Framing(H::BodyTooLarge) => "body_too_large",
+        Answer::Framing(H::HeadTooLarge | H::TooManyHeaders | H::UriTooLong) => "head_too_large",
+        Answer::Framing(
+            H::UnsupportedTransferEncoding | H::UnsupportedExpectation | H::Version,
+        ) => "unsupported",
+        Answer::Framing(_) => "framing",
+        Answer::Unavailable(u) => match u {
+            Unavailable::QueueFull => "queue_full",
+            Unavailable::CommitTimeout => "commit_timeout",
+            Unavailable::CommitFailed => "commit_failed",
+            Unavailable::ShuttingDown => "shutting_down",
+            Unavailable::DiskLow => "disk_low",
+        },
+    })
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub fn answered(&self, route: RouteLabel, answer: &Answer) {
+        let status = answer.status().0;
+        let i = STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(STATUSES.len() - 1);
+        self.requests[route as usize][i].fetch_add(1, Ordering::Relaxed);
+        if let Some(reason) = rejection_of(answer) {
+            self.reject(reason);
+        }
+    }
+
+    /// Counts a refusal by reason (one of [`REJECTIONS`]).
+    pub fn reject(&self, reason: &'static str) {
+        if let Some(i) = REJECTIONS.iter().position(|r| *r == reason) {
+            self.rejections[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a stored event of `kind`.
+    pub fn stored(&self, kind: &str) {
+        let i = KINDS[..3].iter().position(|k| *k == kind).unwrap_or(3);
+        self.events[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one successful commit of `events` events that took `took`.
+    pub fn committed(&self, events: usize, took: Duration, fsynced: bool, now_ms: i64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        if fsynced {
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.commit_seconds.observe(took.as_secs_f64());
+        self.batch_events.observe(events as f64);
+        self.last_commit_ms
+            .store(u64::try_from(now_ms).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition. `gauges` are values read at scrape time.
+    pub fn render(&self, queue_depth: usize, open_connections: usize) -> String {
+        let mut o = String::with_capacity(8192);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            o,
+            "# HELP didgate_requests_total Requests answered, by hook and status.\n# TYPE didgate_requests_total counter"
+        );
+        for (r, route) in ROUTES.iter().enumerate() {
+            for (s, status) in STATUSES.iter().enumerate() {
+                let n = load(&self.requests[r][s]);
+                if n > 0 || (*status == 200 && r < 3) {
+                    let status = if *status == 0 {
+                        "other".to_string()
+                    } else {
+                        status.to_string()
+                    };
+                    let _ = writeln!(
+                        o,
+                        "didgate_requests_total{{hook=\"{route}\",status=\"{status}\"}} {n}"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP didgate_events_stored_total Events committed, by kind (kinds beyond the three documented count as other).\n# TYPE didgate_events_stored_total counter"
+        );
+        for (i, kind) in KINDS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "didgate_events_stored_total{{kind=\"{kind}\"}} {}",
+                load(&self.events[i])
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP didgate_rejections_total Requests or connections not stored as new events, by reason (duplicates and quarantined bodies were still answered 200).\n# TYPE didgate_rejections_total counter"
+        );
+        for (i, reason) in REJECTIONS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "didgate_rejections_total{{reason=\"{reason}\"}} {}",
+                load(&self.rejections[i])
+            );
+        }
+        let counters: [(&str, &str, &AtomicU64); 8] = [
+            (
+                "didgate_commits_total",
+                "Write transactions committed.",
+                &self.commits,
+            ),
+            (
+                "didgate_fsyncs_total",
+                "Syncs to disk (one per commit in fsync mode, one per interval in interval mode).",
+                &self.fsyncs,
+            ),
+            (
+                "didgate_commit_failures_total",
+                "Commits that failed; their requests were answered 503.",
+                &self.failed_commits,
+            ),
+            (
+                "didgate_connections_accepted_total",
+                "Connections accepted.",
+                &self.connections_accepted,
+            ),
+            (
+                "didgate_accept_errors_total",
+                "Failed accepts (out of descriptors and the like).",
+                &self.accept_errors,
+            ),
+            (
+                "didgate_connection_panics_total",
+                "Connections closed because their code panicked.",
+                &self.panics,
+            ),
+            (
+                "didgate_pruned_events_total",
+                "Events deleted by retention.",
+                &self.pruned_events,
+            ),
+            (
+                "didgate_duplicates_total",
+                "Retries recognised as duplicates and not stored again.",
+                &self.rejections[REJECTIONS.len() - 1],
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                load(v)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP didgate_quarantined_total Undecodable bodies kept in quarantine.\n# TYPE didgate_quarantined_total counter\ndidgate_quarantined_total {}",
+            load(&self.rejections[REJECTIONS.len() - 2])
+        );
+        self.commit_seconds.render(
+            &mut o,
+            "didgate_commit_seconds",
+            "Time to write and commit one batch.",
+        );
+        self.batch_events
+            .render(&mut o, "didgate_batch_events", "Events per commit.");
+        let gauges: [(&str, &str, u64); 8] = [
+            (
+                "didgate_queue_depth",
+                "Events waiting for the writer.",
+                queue_depth as u64,
+            ),
+            (
+                "didgate_open_connections",
+                "Open client connections.",
+                open_connections as u64,
+            ),
+            (
+                "didgate_db_used_bytes",
+                "Bytes of the LMDB map in use.",
+                load(&self.db_used_bytes),
+            ),
+            (
+                "didgate_map_bytes",
+                "Current LMDB map size.",
+                load(&self.map_bytes),
+            ),
+            (
+                "didgate_map_max_bytes",
+                "Most the map may grow to.",
+                load(&self.map_max_bytes),
+            ),
+            (
+                "didgate_disk_free_bytes",
+                "Free bytes on the data directory's filesystem.",
+                load(&self.disk_free_bytes),
+            ),
+            (
+                "didgate_last_commit_timestamp_seconds",
+                "When the last commit succeeded (Unix time).",
+                load(&self.last_commit_ms) / 1000,
+            ),
+            (
+                "didgate_writer_heartbeat_timestamp_seconds",
+                "When the writer loop last ran (Unix time).",
+                load(&self.writer_heartbeat_ms) / 1000,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_closed_label_sets() {
+        let m = Metrics::default();
+        m.answered(RouteLabel::Cdr, &Answer::Stored);
+        m.answered(RouteLabel::Other, &Answer::NotFound);
+        m.stored("cdr");
+        m.stored("voicemail");
+        m.committed(3, Duration::from_micros(1500), true, 5_000);
+        let text = m.render(7, 2);
+        for line in [
+            "didgate_requests_total{hook=\"cdr\",status=\"200\"} 1",
+            "didgate_requests_total{hook=\"other\",status=\"404\"} 1",
+            "didgate_events_stored_total{kind=\"other\"} 1",
+            "didgate_rejections_total{reason=\"not_found\"} 1",
+            "didgate_commit_seconds_bucket{le=\"0.002\"} 1",
+            "didgate_commit_seconds_bucket{le=\"0.001\"} 0",
+            "didgate_batch_events_bucket{le=\"4\"} 1",
+            "didgate_batch_events_count 1",
+            "didgate_fsyncs_total 1",
+            "didgate_queue_depth 7",
+            "didgate_last_commit_timestamp_seconds 5",
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
+    }
+}

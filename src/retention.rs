@@ -1,0 +1,270 @@
+//! Retention: which events and quarantined bodies are old enough to delete, and pruning them a
+//! small slice at a time.
+//!
+//! Owns the policy (days per kind, a default, quarantine apart) and the slicing. The writer
+//! runs one slice per write transaction between ingest batches, so pruning never holds the
+//! write lock for long; `didgate prune --before T` runs the same slices by hand. Deletion of
+//! one event (record, index entries, counters) is `store.rs`'s.
+
+use std::collections::BTreeMap;
+
+use crate::decode::JsonDecoder;
+use crate::event::BodyFormat;
+use crate::store::{self, Store, StoredEvent};
+
+/// Entries looked at per write transaction. A slice of 500 commits in a few milliseconds, so
+/// an ingest batch waits at most that long behind it.
+pub const PRUNE_SLICE: usize = 500;
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// How long to keep what. `None` everywhere (the default) keeps everything: billing data is
+/// never deleted unless the operator asks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Days to keep events of a kind.
+    pub days_by_kind: BTreeMap<String, u32>,
+    /// Days to keep events of kinds not listed.
+    pub default_days: Option<u32>,
+    /// Days to keep quarantined bodies (usually longer: they need a human).
+    pub quarantine_days: Option<u32>,
+}
+
+impl Policy {
+    /// Whether anything is ever pruned.
+    pub fn is_keep_all(&self) -> bool {
+        self.days_by_kind.is_empty()
+            && self.default_days.is_none()
+            && self.quarantine_days.is_none()
+    }
+}
+
+/// The stamps before which things are deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cutoffs {
+    by_kind: BTreeMap<String, i64>,
+    default: Option<i64>,
+    quarantine: Option<i64>,
+    /// The latest event cutoff: no event stamped at or after it can be deleted.
+    horizon: Option<i64>,
+}
+
+impl Cutoffs {
+    /// Cutoffs of `policy` as of `now_ms`.
+    pub fn at(policy: &Policy, now_ms: i64) -> Cutoffs {
+        let cut = |days: u32| now_ms - i64::from(days) * DAY_MS;
+        let by_kind: BTreeMap<String, i64> = policy
+            .days_by_kind
+            .iter()
+            .map(|(k, d)| (k.clone(), cut(*d)))
+            .collect();
+        let default = policy.default_days.map(cut);
+        let horizon = by_kind.values().copied().chain(default).max();
+        Cutoffs {
+            by_kind,
+            default,
+            quarantine: policy.quarantine_days.map(cut),
+            horizon,
+        }
+    }
+
+    /// Everything (events of every kind, and quarantine) stamped before `before_ms`.
+    pub fn everything_before(before_ms: i64) -> Cutoffs {
+        Cutoffs {
+            by_kind: BTreeMap::new(),
+            default: Some(before_ms),
+            quarantine: Some(before_ms),
+            horizon: Some(before_ms),
+        }
+    }
+
+    fn expired(&self, ev: &StoredEvent) -> bool {
+        let cutoff = self.by_kind.get(&ev.kind).copied().or(self.default);
+        cutoff.is_some_and(|c| ev.stored_at_ms < c)
+    }
+}
+
+/// Where pruning resumes; kept by the caller between slices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub next_event: u64,
+    pub next_quarantine: u64,
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Cursor {
+            next_event: 1,
+            next_quarantine: 1,
+        }
+    }
+}
+
+/// What one slice did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slice {
+    pub events_deleted: u64,
+    pub quarantined_deleted: u64,
+    /// Nothing more to prune under these cutoffs (the cursor went back to the start).
+    pub done: bool,
+}
+
+/// Runs one slice: looks at up to [`PRUNE_SLICE`] entries from the cursor, deletes the expired
+/// ones, commits. Events of kinds kept longer are stepped over; the slice ends at the first
+/// event stamped at or after the horizon (nothing later can be expired).
+///
+/// # Errors
+/// Store errors; nothing of the slice is then deleted.
+pub fn prune_slice(
+    store: &Store,
+    cutoffs: &Cutoffs,
+    cursor: &mut Cursor,
+    now_ms: i64,
+) -> store::Result<Slice> {
+    let mut txn = store.begin_write(now_ms)?;
+    let mut slice = Slice::default();
+    let mut events_done = cutoffs.horizon.is_none();
+    if let Some(horizon) = cutoffs.horizon {
+        let events = txn.oldest_events(cursor.next_event, PRUNE_SLICE)?;
+        events_done = events.len() < PRUNE_SLICE;
+        let mut json = JsonDecoder::default();
+        for ev in &events {
+            if ev.stored_at_ms >= horizon {
+                events_done = true;
+                break;
+            }
+            if cutoffs.expired(ev) {
+                let callid = match ev.format {
+                    BodyFormat::Json => json.decode(&ev.body).ok().and_then(|f| f.callid),
+                    _ => None,
+                };
+                txn.delete_event(ev, callid.as_deref())?;
+                slice.events_deleted += 1;
+            }
+            cursor.next_event = ev.seq + 1;
+        }
+    }
+    let mut quarantine_done = cutoffs.quarantine.is_none();
+    if let Some(cut) = cutoffs.quarantine {
+        let entries = txn.oldest_quarantined(cursor.next_quarantine, PRUNE_SLICE)?;
+        quarantine_done = entries.len() < PRUNE_SLICE;
+        for q in &entries {
+            if q.event.stored_at_ms >= cut {
+                quarantine_done = true;
+                break;
+            }
+            txn.delete_quarantined(q.seq)?;
+            slice.quarantined_deleted += 1;
+            cursor.next_quarantine = q.seq + 1;
+        }
+    }
+    txn.commit()?;
+    slice.done = events_done && quarantine_done;
+    if slice.done {
+        *cursor = Cursor::default();
+    }
+    Ok(slice)
+}
+
+/// Prunes to the end under `cutoffs`, slice after slice (used by `didgate prune`).
+///
+/// # Errors
+/// Store errors; slices already committed stay pruned.
+pub fn prune_all(store: &Store, cutoffs: &Cutoffs, now_ms: i64) -> store::Result<Slice> {
+    let mut cursor = Cursor::default();
+    let mut total = Slice::default();
+    loop {
+        let s = prune_slice(store, cutoffs, &mut cursor, now_ms)?;
+        total.events_deleted += s.events_deleted;
+        total.quarantined_deleted += s.quarantined_deleted;
+        if s.done {
+            total.done = true;
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    fn event(kind: &str, callid: &str) -> Event {
+        Event {
+            kind: kind.into(),
+            format: BodyFormat::Json,
+            peer: None,
+            content_type: vec![],
+            body: format!(r#"{{"event":"{kind}","callid":"{callid}"}}"#).into_bytes(),
+            callid: Some(callid.into()),
+        }
+    }
+
+    #[test]
+    fn prunes_by_kind_keeps_the_rest_and_cleans_indexes_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), 16 << 20).unwrap();
+        // Day 0: a cdr and an sms-kind event; day 5: another cdr.
+        for (t, kind, id) in [
+            (0, "cdr", "a"),
+            (0, "recording", "a"),
+            (5 * DAY_MS, "cdr", "b"),
+        ] {
+            let mut w = store.begin_write(t).unwrap();
+            w.append_event(&event(kind, id)).unwrap();
+            w.append_quarantine("bad", &event("cdr", "q")).unwrap();
+            w.commit().unwrap();
+        }
+        let policy = Policy {
+            days_by_kind: [("cdr".to_string(), 3)].into(),
+            default_days: None,
+            quarantine_days: Some(4),
+        };
+        let now = 6 * DAY_MS;
+        let cut = Cutoffs::at(&policy, now);
+        let mut cursor = Cursor::default();
+        let s = prune_slice(&store, &cut, &mut cursor, now).unwrap();
+        assert_eq!(
+            (s.events_deleted, s.quarantined_deleted, s.done),
+            (1, 2, true)
+        );
+        let left: Vec<u64> = store
+            .scan_forward(0, 10, |_| true)
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(left, [2, 3], "old cdr gone, recording (no retention) kept");
+        assert_eq!(store.call_events("a").unwrap().len(), 1);
+        let counts = store.counts().unwrap();
+        assert_eq!(counts.by_kind.get("cdr"), Some(&1));
+        assert_eq!(counts.quarantined, 1);
+        // The dedup entry went with the event: the same body is new again.
+        let w = store.begin_write(now).unwrap();
+        assert_eq!(w.find_duplicate(&event("cdr", "a"), 0).unwrap(), None);
+    }
+
+    #[test]
+    fn prune_all_before_deletes_everything_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), 16 << 20).unwrap();
+        for i in 0..1200i64 {
+            let mut w = store.begin_write(i).unwrap();
+            w.append_event(&event("sms", &format!("s{i}"))).unwrap();
+            w.commit().unwrap();
+        }
+        let s = prune_all(&store, &Cutoffs::everything_before(1000), 2000).unwrap();
+        assert_eq!(s.events_deleted, 1000);
+        assert_eq!(
+            store.scan_forward(0, 10, |_| true).unwrap().events[0].seq,
+            1001
+        );
+    }
+
+    #[test]
+    fn keep_all_is_the_default() {
+        assert!(Policy::default().is_keep_all());
+        assert_eq!(Cutoffs::at(&Policy::default(), 0).horizon, None);
+    }
+}
