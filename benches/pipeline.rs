@@ -25,6 +25,7 @@ fn pipeline(c: &mut Criterion) {
             batch_max: 512,
             queue_capacity: 4096,
             dedup_window: Duration::from_secs(3600),
+            ..writer::Settings::default()
         },
     )
     .unwrap();
