@@ -13,11 +13,12 @@ use crate::http::{self, Limits, Method, Status};
 use crate::server::Shared;
 use crate::timestamp;
 
-/// Admin requests are tiny; anything larger is not a scrape.
+/// Admin requests are tiny; anything larger is not a scrape. A body is tolerated (and
+/// ignored) so that a stray POST gets a plain 404 rather than a framing error.
 const ADMIN_LIMITS: Limits = Limits {
     max_head_bytes: 8 * 1024,
     max_headers: 64,
-    max_body_bytes: 0,
+    max_body_bytes: 64 * 1024,
 };
 
 /// The whole admin request must arrive within this.

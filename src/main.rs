@@ -47,8 +47,33 @@ enum Command {
     Stats(StatsArgs),
     /// Bodies that were kept but could not be decoded, with the reason.
     Quarantine(QuarantineArgs),
+    /// Delete events and quarantined bodies stored before a time (retention by hand).
+    ///
+    /// Runs beside a running `serve`. The configured `retention_days` does the same
+    /// automatically.
+    Prune(PruneArgs),
+    /// Write a consistent, compacted copy of the store (and the token) into a new directory,
+    /// while `serve` runs. See docs/operations.md for restoring it.
+    Backup(BackupArgs),
     /// Validate a configuration file without starting.
     CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Delete what was stored before this time (RFC 3339 or YYYY-MM-DD, 00:00 UTC).
+    #[arg(long, value_name = "T")]
+    before: String,
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Directory to create for the copy (must not exist, or be empty).
+    path: PathBuf,
 }
 
 #[derive(Args)]
@@ -256,6 +281,29 @@ fn main() -> ExitCode {
             cli::get::run(store, &a.callid, a.raw, out)
         }),
         Command::Stats(a) => read(&a.data, |store, out| cli::stats::run(store, a.json, out)),
+        Command::Prune(a) => {
+            let result = a
+                .data
+                .dir()
+                .map_err(|e| cli::Error::Usage(e.to_string()))
+                .and_then(|dir| {
+                    let mut out = std::io::stdout().lock();
+                    cli::prune::run(&dir, &a.before, &mut out)
+                });
+            finish(result)
+        }
+        Command::Backup(a) => {
+            let result = a
+                .data
+                .dir()
+                .map_err(|e| cli::Error::Usage(e.to_string()))
+                .and_then(|dir| {
+                    let store = cli::open(&dir)?;
+                    let mut out = std::io::stdout().lock();
+                    cli::backup::run(&store, &dir, &a.path, &mut out)
+                });
+            finish(result)
+        }
         Command::Quarantine(a) => read(&a.data, |store, out| match &a.action {
             None | Some(QuarantineAction::List) => cli::quarantine::list(store, out),
             Some(QuarantineAction::Show { seq, raw }) => {
@@ -279,6 +327,11 @@ fn read(
             let r = f(&store, &mut out);
             r.and_then(|()| out.flush().map_err(cli::Error::from))
         });
+    finish(result)
+}
+
+/// The exit status of a reader or tool: errors are one line on stderr.
+fn finish(result: cli::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -49,6 +49,40 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
+/// The first listening socket passed by socket activation, taken over right away (before
+/// anything else can be opened on its descriptor number). `Ok(None)` when none was passed.
+///
+/// # Errors
+/// The variables name a descriptor that is not a listening socket (a misconfigured unit, or
+/// a wrapper that closed it): refusing is safer than serving on whatever file has that number.
+pub fn take_listener() -> std::io::Result<Option<std::net::TcpListener>> {
+    let Some(&fd) = listen_fds().first() else {
+        return Ok(None);
+    };
+    let mut accepting: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt on a descriptor number only reads it; the out-pointers are valid.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut accepting as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || accepting == 0 {
+        return Err(std::io::Error::other(format!(
+            "LISTEN_FDS passed descriptor {fd}, but it is not a listening socket"
+        )));
+    }
+    // SAFETY: systemd passed `fd` to this process (LISTEN_PID matched), it is a listening
+    // socket (checked above), and nothing else in this process owns it.
+    Ok(Some(unsafe {
+        <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    }))
+}
+
 /// Listening sockets passed by socket activation, in order; empty when none were passed to
 /// this process. The variables are removed so children do not inherit them.
 pub fn listen_fds() -> Vec<RawFd> {

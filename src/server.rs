@@ -128,7 +128,9 @@ fn access_of(cfg: &Config, token: &str) -> Access {
 /// signal set-up failures, each with a message naming what to fix.
 pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     crate::log::set_level(cfg.log_level);
-    let passed = notify::listen_fds();
+    // First, before any file is opened: a passed socket must be taken while its number is
+    // still its own.
+    let passed = notify::take_listener().map_err(|e| Error(format!("socket activation: {e}")))?;
     let mut signals =
         signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
             .map_err(|e| Error(format!("cannot install signal handlers: {e}")))?;
@@ -159,10 +161,8 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         .set_workers(cfg.workers)
         .set_stack_size(cfg.stack_bytes / std::mem::size_of::<usize>());
 
-    let listener = match passed.first() {
-        // SAFETY: systemd passed this descriptor to this process (LISTEN_PID matched) as a
-        // listening socket; nothing else owns it.
-        Some(fd) => unsafe { std::net::TcpListener::from_raw_fd(*fd) },
+    let listener = match passed {
+        Some(l) => l,
         None => bind(cfg.listen, cfg.listen_backlog)?,
     };
     let local = listener

@@ -267,6 +267,19 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens an existing store for writing from a tool (`didgate prune`), beside a running
+    /// `serve` if there is one: LMDB serializes the two writers.
+    ///
+    /// # Errors
+    /// [`Error::Missing`] when `dir` holds no store; LMDB and schema errors otherwise.
+    pub fn open_existing_writer(dir: &Path) -> Result<Store> {
+        if !dir.join("data.mdb").is_file() {
+            return Err(Error::Missing(dir.to_path_buf()));
+        }
+        // A map smaller than the file's is raised to the file's by LMDB.
+        Self::open_writer(dir, 1 << 20)
+    }
+
     /// Opens an existing store read-only, for the reader tool. Works while `serve` runs.
     ///
     /// # Errors
@@ -323,8 +336,16 @@ impl Store {
     /// # Errors
     /// LMDB refused to begin (e.g. `MDB_PANIC`).
     pub fn begin_write(&self, stored_at_ms: i64) -> Result<WriteTxn<'_>> {
+        let txn = match self.env.begin_rw_txn() {
+            // Another process (the server, for `didgate prune`) grew the map.
+            Err(lmdb::Error::MapResized) => {
+                self.env.set_map_size(0)?;
+                self.env.begin_rw_txn()?
+            }
+            other => other?,
+        };
         Ok(WriteTxn {
-            txn: self.env.begin_rw_txn()?,
+            txn,
             store: self,
             next_event: self.next_event.get(),
             next_quarantine: self.next_quarantine.get(),

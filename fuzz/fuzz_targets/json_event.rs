@@ -22,7 +22,15 @@ fn callid(v: &Value) -> Option<String> {
     }
 }
 
+/// With serde_json's `arbitrary_precision` feature (enabled by didgate for exact number text
+/// in CSV), serde_json itself treats this object key as its private number marker and refuses
+/// valid JSON that uses it: the reference is wrong there, so such inputs are out of scope.
+const SERDE_NUMBER_MARKER: &[u8] = b"$serde_json::private::Number";
+
 fuzz_target!(|data: &[u8]| {
+    if data.windows(SERDE_NUMBER_MARKER.len()).any(|w| w == SERDE_NUMBER_MARKER) {
+        return;
+    }
     let ours = JsonDecoder::default().decode(data);
     let theirs: Result<Value, _> = serde_json::from_slice(data);
     match (&ours, &theirs) {

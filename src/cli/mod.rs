@@ -6,8 +6,10 @@
 //! are copied out before anything is written, so a reader blocked on its output never pins
 //! pages the writer wants to reuse.
 
+pub mod backup;
 pub mod export;
 pub mod get;
+pub mod prune;
 pub mod quarantine;
 pub mod render;
 pub mod stats;

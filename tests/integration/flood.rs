@@ -75,7 +75,7 @@ fn out_of_descriptors_the_gateway_backs_off_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), "max_connections = 10000\n");
     let data = tmp.path().join("data");
-    let s = Server::start_with(&data, &["--config", &cfg], Some(48)).unwrap();
+    let s = Server::start_with(&data, &["--config", &cfg], Some(48), &[]).unwrap();
     let flood: Vec<TcpStream> = (0..120)
         .map(|_| TcpStream::connect(s.addr).unwrap())
         .collect();

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod appliance;
 mod conformance;
 mod durability;
 mod flood;

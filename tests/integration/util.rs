@@ -39,13 +39,22 @@ impl Server {
 
     /// Like [`Server::start`], but returns the error output when it does not come up.
     pub fn try_start(data: &Path, extra: &[&str]) -> Result<Server, String> {
-        Self::start_with(data, extra, None)
+        Self::start_with(data, extra, None, &[])
     }
 
-    /// Starts the server with its descriptor limit lowered to `nofile` (when given).
-    pub fn start_with(data: &Path, extra: &[&str], nofile: Option<u64>) -> Result<Server, String> {
+    /// Starts the server with its descriptor limit lowered to `nofile` (when given) and extra
+    /// environment variables.
+    pub fn start_with(
+        data: &Path,
+        extra: &[&str],
+        nofile: Option<u64>,
+        env: &[(&str, String)],
+    ) -> Result<Server, String> {
         let log = data.with_extension(format!("log-{}", unique()));
         let mut cmd = Command::new(BIN);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe and only touches the child being spawned.
@@ -143,6 +152,11 @@ impl Server {
         let mut c = self.connect();
         c.send(raw);
         c.all_until_close()
+    }
+
+    /// Sends a signal without waiting.
+    pub fn signal(&self, sig: i32) {
+        signal(self.child.as_ref().unwrap(), sig);
     }
 
     /// SIGTERM, then wait for the exit.

@@ -1,0 +1,50 @@
+//! `didgate backup PATH`: a consistent, compacted copy of the store (LMDB's copy with
+//! compaction, one read transaction's snapshot) and the token, taken while `serve` runs.
+//! `docs/operations.md` shows how to restore it.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+
+use super::{Error, Result, emit};
+use crate::store::Store;
+use crate::token::TOKEN_FILE;
+
+/// Writes the backup into `dest`, which must not exist yet (or be an empty directory).
+///
+/// # Errors
+/// [`Error::Usage`] when `dest` is not empty; store and I/O errors.
+pub fn run(store: &Store, data: &Path, dest: &Path, out: &mut impl Write) -> Result<()> {
+    if dest.exists() {
+        let empty = std::fs::read_dir(dest)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(Error::Usage(format!(
+                "{} exists and is not an empty directory",
+                dest.display()
+            )));
+        }
+    } else {
+        std::fs::DirBuilder::new()
+            .mode(0o750)
+            .create(dest)
+            .map_err(|e| Error::Usage(format!("cannot create {}: {e}", dest.display())))?;
+    }
+    store.copy_compacted(dest)?;
+    let token = data.join(TOKEN_FILE);
+    if token.is_file() {
+        let target = dest.join(TOKEN_FILE);
+        std::fs::copy(&token, &target)?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let size = std::fs::metadata(dest.join("data.mdb")).map_or(0, |m| m.len());
+    let live = std::fs::metadata(data.join("data.mdb")).map_or(0, |m| m.len());
+    let mut buf = format!(
+        "backed up {} to {} ({size} bytes, compacted from {live})\n",
+        data.display(),
+        dest.display()
+    )
+    .into_bytes();
+    emit(out, &mut buf)
+}
