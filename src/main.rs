@@ -55,6 +55,10 @@ enum Command {
     /// Write a consistent, compacted copy of the store (and the token) into a new directory,
     /// while `serve` runs. See docs/operations.md for restoring it.
     Backup(BackupArgs),
+    /// Verify the store: records decode, stamps in order, indexes and counters agree.
+    ///
+    /// Runs beside a running `serve`. Exit status 1 when something is inconsistent.
+    Check(StatsArgs),
     /// Validate a configuration file without starting.
     CheckConfig(CheckConfigArgs),
 }
@@ -281,6 +285,7 @@ fn main() -> ExitCode {
             cli::get::run(store, &a.callid, a.raw, out)
         }),
         Command::Stats(a) => read(&a.data, |store, out| cli::stats::run(store, a.json, out)),
+        Command::Check(a) => read(&a.data, cli::check::run),
         Command::Prune(a) => {
             let result = a
                 .data

@@ -168,6 +168,16 @@ pub struct Counts {
     pub quarantined: u64,
 }
 
+/// What [`Store::check`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub events: u64,
+    pub quarantined: u64,
+    pub call_entries: u64,
+    /// Each inconsistency, in words; empty when the store is consistent.
+    pub problems: Vec<String>,
+}
+
 /// Size figures of the environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpaceInfo {
@@ -221,6 +231,11 @@ impl Store {
             .set_map_size(map_bytes)
             .set_flags(flags)
             .open_with_permissions(dir, FILE_MODE)?;
+        Self::from_env(env, dir)
+    }
+
+    /// Creates the databases if needed, checks the schema, finds the next sequence numbers.
+    fn from_env(env: Environment, dir: &Path) -> Result<Store> {
         let flags = DatabaseFlags::empty();
         let dbs = Dbs {
             events: env.create_db(Some("events"), flags)?,
@@ -276,8 +291,13 @@ impl Store {
         if !dir.join("data.mdb").is_file() {
             return Err(Error::Missing(dir.to_path_buf()));
         }
-        // A map smaller than the file's is raised to the file's by LMDB.
-        Self::open_writer(dir, 1 << 20)
+        // No map size is set: LMDB then adopts the one recorded by the server, which may have
+        // grown it. (A size set here would replace it, and be raised only to the bytes in use,
+        // leaving this writer no room to copy pages on write.)
+        let env = Environment::new()
+            .set_max_dbs(MAX_DBS)
+            .open_with_permissions(dir, FILE_MODE)?;
+        Self::from_env(env, dir)
     }
 
     /// Opens an existing store read-only, for the reader tool. Works while `serve` runs.
@@ -305,6 +325,9 @@ impl Store {
             counts: open("counts")?,
             meta: open("meta")?,
         };
+        // A reader killed mid-read leaves its slot behind; every reader clears such slots before
+        // taking one, so hundreds of killed readers never exhaust the table.
+        reader_check(&env);
         let store = Store {
             env,
             dbs,
@@ -575,6 +598,13 @@ impl Store {
         }
     }
 
+    /// Whether the environment is still usable for writing. After some failures (a meta page
+    /// that could not be written) LMDB marks it unusable and says so only when the next
+    /// transaction begins; this begins (and drops) one to find out now.
+    pub fn is_unusable(&self) -> bool {
+        matches!(self.env.begin_rw_txn(), Err(lmdb::Error::Panic))
+    }
+
     /// Grows the map to `bytes`. LMDB allows this only while this process has no write
     /// transaction open, which the single writer guarantees by calling it between batches.
     ///
@@ -634,6 +664,120 @@ impl Store {
             Ok(())
         } else {
             Err(Error::Lmdb(lmdb::Error::from_err_code(rc)))
+        }
+    }
+
+    /// Verifies the store's invariants in one read transaction: every record decodes, stamps
+    /// never decrease along the sequence, every event has its dedup entry, every call-index
+    /// entry leads to an event, every quarantine entry decodes, and the counters equal what
+    /// is stored. Returns what it found; an empty `problems` means consistent.
+    ///
+    /// # Errors
+    /// LMDB errors (a problem with the data itself is reported, not an error).
+    pub fn check(&self) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by_day: BTreeMap<(String, String), u64> = BTreeMap::new();
+        self.check_records(&mut report, &mut by_kind, &mut by_day)?;
+        // The counters are read in a transaction of their own: one read transaction per
+        // thread at a time is LMDB's rule.
+        let counts = self.counts()?;
+        Self::check_counts(&mut report, &counts, &by_kind, &by_day);
+        Ok(report)
+    }
+
+    fn check_records(
+        &self,
+        report: &mut CheckReport,
+        by_kind: &mut BTreeMap<String, u64>,
+        by_day: &mut BTreeMap<(String, String), u64>,
+    ) -> Result<()> {
+        let txn = self.read_txn()?;
+        let mut last_stamp = i64::MIN;
+        let cursor = txn.open_ro_cursor(self.dbs.events)?;
+        let mut item = cursor_get(&cursor, None, lmdb_sys::MDB_FIRST)?;
+        while let Some((k, v)) = item {
+            let seq = key_seq(k);
+            report.events += 1;
+            match event::decode_record(v) {
+                Err(e) => report.problems.push(format!("event {seq}: {e}")),
+                Ok(rec) => {
+                    if rec.stored_at_ms < last_stamp {
+                        report
+                            .problems
+                            .push(format!("event {seq}: stamped before its predecessor"));
+                    }
+                    last_stamp = rec.stored_at_ms;
+                    *by_kind.entry(rec.kind.to_string()).or_default() += 1;
+                    *by_day
+                        .entry((timestamp::day_of_ms(rec.stored_at_ms), rec.kind.to_string()))
+                        .or_default() += 1;
+                    let mut key = [0u8; 24];
+                    key[..16].copy_from_slice(&xxh3_128(rec.body).to_be_bytes());
+                    key[16..].copy_from_slice(&seq.to_be_bytes());
+                    match txn.get(self.dbs.dedup, &key) {
+                        Ok(_) => {}
+                        Err(lmdb::Error::NotFound) => {
+                            report.problems.push(format!("event {seq}: no dedup entry"))
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+        let cursor = txn.open_ro_cursor(self.dbs.calls)?;
+        let mut item = cursor_get(&cursor, None, lmdb_sys::MDB_FIRST)?;
+        while let Some((k, _)) = item {
+            let seq = k.len().checked_sub(8).map_or(0, |at| key_seq(&k[at..]));
+            report.call_entries += 1;
+            if let Err(lmdb::Error::NotFound) = txn.get(self.dbs.events, &seq.to_be_bytes()) {
+                report
+                    .problems
+                    .push(format!("call index entry for missing event {seq}"));
+            }
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+        let dedup_entries = txn.stat(self.dbs.dedup)?.entries() as u64;
+        if dedup_entries != report.events {
+            report.problems.push(format!(
+                "{dedup_entries} dedup entries for {} events",
+                report.events
+            ));
+        }
+        let cursor = txn.open_ro_cursor(self.dbs.quarantine)?;
+        let mut item = cursor_get(&cursor, None, lmdb_sys::MDB_FIRST)?;
+        while let Some((k, v)) = item {
+            report.quarantined += 1;
+            if let Err(e) = decode_quarantine(key_seq(k), v) {
+                report.problems.push(format!("quarantine entry: {e}"));
+            }
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+        Ok(())
+    }
+
+    fn check_counts(
+        report: &mut CheckReport,
+        counts: &Counts,
+        by_kind: &BTreeMap<String, u64>,
+        by_day: &BTreeMap<(String, String), u64>,
+    ) {
+        if counts.by_kind != *by_kind {
+            report.problems.push(format!(
+                "kind counters {:?} differ from stored events {:?}",
+                counts.by_kind, by_kind
+            ));
+        }
+        let counted_days: BTreeMap<(String, String), u64> = counts
+            .by_day
+            .iter()
+            .flat_map(|(d, kinds)| kinds.iter().map(move |(k, n)| ((d.clone(), k.clone()), *n)))
+            .collect();
+        if counted_days != *by_day {
+            report
+                .problems
+                .push("per-day counters differ from stored events".to_string());
         }
     }
 
@@ -1130,6 +1274,25 @@ mod tests {
         assert_eq!((seqs(&back), back.done), (vec![4, 2, 1], true));
         let fwd = store.scan_forward(2, 3, |r| r.stored_at_ms == 30).unwrap();
         assert_eq!((seqs(&fwd), fwd.next, fwd.done), (vec![4], 5, false));
+    }
+
+    #[test]
+    fn check_finds_a_consistent_store_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let mut w = store.begin_write(7).unwrap();
+        w.append_event(&event("cdr", "{\"a\":1}", Some("c")))
+            .unwrap();
+        w.append_event(&event("sms", "{\"b\":1}", None)).unwrap();
+        w.append_quarantine("bad", &event("cdr", "{", None))
+            .unwrap();
+        w.commit().unwrap();
+        let report = store.check().unwrap();
+        assert_eq!(
+            (report.events, report.quarantined, report.call_entries),
+            (2, 1, 1)
+        );
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 
     #[test]

@@ -49,6 +49,10 @@ const DISK_HYSTERESIS: f64 = 1.10;
 /// the process recovers, and systemd's `Restart=on-failure` does that. (EX_SOFTWARE.)
 pub const EXIT_STORE_PANIC: i32 = 70;
 
+/// Before that exit, the requests of the failed batch get this long to have their 503s
+/// written (a closed connection would also make the sender retry, but a 503 says why).
+const FATAL_EXIT_GRACE: Duration = Duration::from_millis(300);
+
 /// What happened to one job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -299,6 +303,16 @@ fn run(store: Store, rx: Receiver<Job>, ctx: Ctx) {
         let now = timestamp::now_ms().max(last_ms);
         last_ms = now;
         let incoming: usize = batch.iter().map(|j| j.event.body.len()).sum();
+        // Free space is checked before every batch (one statvfs): a burst can fill a small
+        // disk within one housekeeping interval.
+        house.check_disk(&store, &ctx);
+        if ctx.health.disk_low.load(Ordering::Relaxed) {
+            for job in batch.drain(..) {
+                job.reply.complete(Outcome::Failed);
+            }
+            house.run(&store, &ctx, rx.is_empty());
+            continue;
+        }
         house.ensure_room(&store, &ctx, incoming);
         let since = now.saturating_sub(window_ms);
         let started = Instant::now();
@@ -335,10 +349,14 @@ fn run(store: Store, rx: Receiver<Job>, ctx: Ctx) {
                 ctx.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 ctx.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
                 ctx.health.commit_failing.store(true, Ordering::Relaxed);
-                if e.is_fatal() {
+                if e.is_fatal() || store.is_unusable() {
                     crate::log::error(format_args!(
                         "storage is unusable ({e}); exiting so the service manager restarts didgate"
                     ));
+                    for job in batch.drain(..) {
+                        job.reply.complete(Outcome::Failed);
+                    }
+                    std::thread::sleep(FATAL_EXIT_GRACE);
                     std::process::exit(EXIT_STORE_PANIC);
                 }
                 crate::log::warn_limited(

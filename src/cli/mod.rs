@@ -7,6 +7,7 @@
 //! pages the writer wants to reuse.
 
 pub mod backup;
+pub mod check;
 pub mod export;
 pub mod get;
 pub mod prune;

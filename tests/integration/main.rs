@@ -10,3 +10,4 @@ mod flood;
 mod http_contract;
 mod ingest;
 mod reader;
+mod reliability;

@@ -154,6 +154,15 @@ impl Server {
         c.all_until_close()
     }
 
+    /// Waits for the server to exit by itself.
+    pub fn wait(mut self) -> ExitStatus {
+        wait_exit(self.child.take().unwrap())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     /// Sends a signal without waiting.
     pub fn signal(&self, sig: i32) {
         signal(self.child.as_ref().unwrap(), sig);
