@@ -4,6 +4,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// The allocator the gateway runs with, so allocation costs are the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use didgate::http::{Limits, parse_head};
 
 /// A webhook request head as a typical HTTP client library sends it.

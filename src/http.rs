@@ -140,14 +140,17 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Status<Head>, Error> {
     // Only the first `max_head_bytes` can hold a head, and looking at exactly that window makes
     // the verdict independent of how the bytes were split into reads.
     let window = &buf[..buf.len().min(limits.max_head_bytes)];
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    // Uninitialised slots: httparse fills only what it parses, so a request with 8 headers
+    // does not pay for zeroing all 256 (measured: a third of parse_head's time).
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
     let slots = &mut slots[..limits.max_headers.min(HEADER_SLOTS)];
     let Some(end) = find_head_end(window) else {
         // Garbage (a TLS ClientHello, binary noise) is refused from its first bytes instead of
         // waiting out the head deadline; httparse reads sequentially, so an error in this
         // prefix is the error the whole head would give.
         let prefix = &window[..window.len().min(EARLY_PARSE_BYTES)];
-        if let Err(e) = httparse::Request::new(slots).parse(prefix) {
+        if let Err(e) = httparse::Request::new(&mut []).parse_with_uninit_headers(prefix, slots) {
             return Err(head_error(e));
         }
         if buf.len() >= limits.max_head_bytes {
@@ -159,8 +162,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Status<Head>, Error> {
         }
         return Ok(Status::Partial);
     };
-    let mut req = httparse::Request::new(slots);
-    let len = match req.parse(&window[..end]) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(&window[..end], slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Err(Error::Malformed("invalid request line")),
         Err(e) => return Err(head_error(e)),

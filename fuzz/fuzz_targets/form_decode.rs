@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let ours: Vec<(String, String)> = form::parse(data)
-        .map(|(n, v)| (form::lossy(&n).into_owned(), form::lossy(&v).into_owned()))
+        .map(|(n, v)| (form::into_string(n), form::into_string(v)))
         .collect();
     let theirs: Vec<(String, String)> = form_urlencoded::parse(data)
         .map(|(n, v)| (n.into_owned(), v.into_owned()))

@@ -89,8 +89,8 @@ pub fn payload(format: BodyFormat, body: &[u8], out: &mut Vec<u8>) {
 pub fn form_fields(body: &[u8]) -> Vec<(String, Vec<String>)> {
     let mut fields: Vec<(String, Vec<String>)> = Vec::new();
     for (name, value) in form::parse(body) {
-        let name = form::lossy(&name).into_owned();
-        let value = form::lossy(&value).into_owned();
+        let name = form::into_string(name);
+        let value = form::into_string(value);
         match fields.iter_mut().find(|(n, _)| *n == name) {
             Some((_, values)) => values.push(value),
             None => fields.push((name, vec![value])),

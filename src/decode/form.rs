@@ -111,6 +111,16 @@ pub fn lossy(bytes: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(bytes)
 }
 
+/// Step 5 for an owned result: a decoded field that is valid UTF-8 becomes the `String`
+/// without another copy (the common case); a borrowed one is copied once.
+pub fn into_string(bytes: Cow<'_, [u8]>) -> String {
+    match bytes {
+        Cow::Borrowed(b) => String::from_utf8_lossy(b).into_owned(),
+        Cow::Owned(v) => String::from_utf8(v)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
 /// Whether a body is acceptable as an SMS form: at least one field with a non-empty name.
 /// (Per WHATWG every byte string parses; a body with no named field carries nothing.)
 pub fn has_named_field(input: &[u8]) -> bool {
@@ -122,9 +132,14 @@ mod tests {
     use super::*;
 
     fn pairs(input: &str) -> Vec<(String, String)> {
-        parse(input.as_bytes())
+        let owned: Vec<(String, String)> = parse(input.as_bytes())
+            .map(|(n, v)| (into_string(n), into_string(v)))
+            .collect();
+        let via_lossy: Vec<(String, String)> = parse(input.as_bytes())
             .map(|(n, v)| (lossy(&n).into_owned(), lossy(&v).into_owned()))
-            .collect()
+            .collect();
+        assert_eq!(owned, via_lossy);
+        owned
     }
 
     fn p(list: &[(&str, &str)]) -> Vec<(String, String)> {
