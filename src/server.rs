@@ -159,6 +159,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     // The runtime reads these when it starts, which is the first coroutine or socket below.
     may::config()
         .set_workers(cfg.workers)
+        .set_pool_capacity(cfg.coroutine_pool)
         .set_stack_size(cfg.stack_bytes / std::mem::size_of::<usize>());
 
     let listener = match passed {

@@ -239,6 +239,11 @@ impl Writer {
         retention: Policy,
     ) -> std::io::Result<(Writer, Queue)> {
         let (tx, rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
+        // Alive from the start: /readyz and the watchdog read this before the first loop pass.
+        metrics.writer_heartbeat_ms.store(
+            u64::try_from(timestamp::now_ms()).unwrap_or(0),
+            Ordering::Relaxed,
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Stats::default());
         let health = Arc::new(Health::default());

@@ -60,7 +60,8 @@ impl JsonDecoder {
         JsonDecoder {
             max_depth,
             scratch: Vec::new(),
-            buffers: Buffers::with_max_depth(1024, max_depth),
+            // Sized for didlogic's payloads (under 1 KiB); they grow for larger bodies.
+            buffers: Buffers::with_max_depth(512, max_depth),
             tape: Vec::new(),
         }
     }
