@@ -644,40 +644,32 @@ mod tests {
     }
 
     #[test]
-    fn value_errors_give_the_line_too() {
+    fn file_errors_give_the_key_and_line() {
+        let cases = [
+            // A value out of range (found after parsing, located by key).
+            (
+                "# comment\nlisten = \"0.0.0.0:1\"\n\nmax_body_bytes = 0\n",
+                "line 4",
+            ),
+            // A type error (found by the TOML parser).
+            (
+                "listen = \"0.0.0.0:1\"\nmax_body_bytes = \"big\"\n",
+                "line 2",
+            ),
+        ];
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(
-            &path,
-            "# comment\nlisten = \"0.0.0.0:1\"\n\nmax_body_bytes = 0\n",
-        )
-        .unwrap();
-        let err = Config::load(&Flags {
-            config: Some(path),
-            ..Flags::default()
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("line 4") && err.contains("max_body_bytes"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn syntax_errors_give_the_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, "listen = \"0.0.0.0:1\"\nmax_body_bytes = \"big\"\n").unwrap();
-        let err = Config::load(&Flags {
-            config: Some(path),
-            ..Flags::default()
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("line 2") && err.contains("max_body_bytes"),
-            "{err}"
-        );
+        for (text, line) in cases {
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            let flags = Flags {
+                config: Some(path),
+                ..Flags::default()
+            };
+            let err = Config::load(&flags).unwrap_err().to_string();
+            assert!(
+                err.contains(line) && err.contains("max_body_bytes"),
+                "{err}"
+            );
+        }
     }
 }

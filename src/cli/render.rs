@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use crate::decode::form;
+use crate::decode::json::StringState;
 use crate::event::BodyFormat;
 use crate::store::StoredEvent;
 use crate::timestamp;
@@ -108,24 +109,13 @@ pub fn json_string(s: &str, out: &mut Vec<u8>) {
 /// Copies a JSON text without insignificant whitespace (RFC 8259 §2: `ws` is space, tab, LF,
 /// CR, allowed only between tokens). Returns false if the text ends inside a string.
 pub fn compact_json(input: &[u8], out: &mut Vec<u8>) -> bool {
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut state = StringState::default();
     for &b in input {
-        if in_string {
+        if !state.step(b) || !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
             out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            out.push(b);
-            in_string = b == b'"';
         }
     }
-    !in_string
+    !state.in_string()
 }
 
 /// The CSV cell of `field` in an event's payload: strings as they are, numbers in their

@@ -123,23 +123,51 @@ fn second_opinion(
     }
 }
 
+/// Follows JSON string literals byte by byte (RFC 8259 §7: a string runs from `"` to the next
+/// `"` not escaped by `\\`), so callers can act on the bytes outside strings. Used to bound
+/// nesting before a recursive parse and, by the reader, to drop insignificant whitespace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StringState {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl StringState {
+    /// Feeds one byte; returns whether it is outside any string literal (the quotes belong to
+    /// the string).
+    pub fn step(&mut self, b: u8) -> bool {
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+            }
+            false
+        } else if b == b'"' {
+            self.in_string = true;
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Whether the bytes fed so far end inside a string literal.
+    pub fn in_string(&self) -> bool {
+        self.in_string
+    }
+}
+
 /// The deepest nesting of `[`/`{` outside strings; garbage may give any number, which only
 /// matters for refusing it.
 fn nesting_depth(bytes: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    let (mut state, mut depth, mut max) = (StringState::default(), 0usize, 0usize);
     for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
+        if !state.step(b) {
             continue;
         }
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 max = max.max(depth);

@@ -8,12 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-fn config(dir: &Path, text: &str) -> String {
-    let path = dir.join("didgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
 #[test]
 fn admin_endpoints_report_traffic_and_health() {
     let tmp = tempfile::tempdir().unwrap();
@@ -58,7 +52,11 @@ fn admin_endpoints_report_traffic_and_health() {
 fn below_the_disk_headroom_events_get_503_and_readyz_says_why() {
     let tmp = tempfile::tempdir().unwrap();
     // More free space than any disk has: the condition holds from the first check.
-    let cfg = config(tmp.path(), "min_free_disk_bytes = 18446744073709551615\n");
+    let cfg = write_config(
+        tmp.path(),
+        "didgate.toml",
+        "min_free_disk_bytes = 18446744073709551615\n",
+    );
     let data = tmp.path().join("data");
     let s = Server::start(&data, &["--config", &cfg]);
     let deadline = Instant::now() + PATIENCE;
@@ -85,8 +83,9 @@ fn reload_applies_allow_from_and_rotates_the_token_without_downtime() {
     let tmp = tempfile::tempdir().unwrap();
     let old = "old-token-0123456789abcdef";
     let new = "new-token-0123456789abcdef";
-    let cfg = config(
+    let cfg = write_config(
         tmp.path(),
+        "didgate.toml",
         &format!("token = \"{old}\"\nallow_from = [\"192.0.2.0/24\"]\n"),
     );
     let data = tmp.path().join("data");
@@ -104,8 +103,9 @@ fn reload_applies_allow_from_and_rotates_the_token_without_downtime() {
         ));
         c.response().status
     };
-    config(
+    write_config(
         tmp.path(),
+        "didgate.toml",
         &format!(
             "token = \"{new}\"\nprevious_token = \"{old}\"\nallow_from = [\"127.0.0.0/8\", \"::1\"]\n"
         ),
@@ -122,7 +122,7 @@ fn reload_applies_allow_from_and_rotates_the_token_without_downtime() {
         "old token accepted during the rotation"
     );
     assert_eq!(post_with(new, "r2"), 200);
-    config(tmp.path(), &format!("token = \"{new}\"\n"));
+    write_config(tmp.path(), "didgate.toml", &format!("token = \"{new}\"\n"));
     s.signal(libc::SIGHUP);
     let deadline = Instant::now() + PATIENCE;
     while s.stderr().matches("configuration reloaded").count() < 2 {
@@ -132,7 +132,7 @@ fn reload_applies_allow_from_and_rotates_the_token_without_downtime() {
     assert_eq!(post_with(old, "r3"), 404, "old token retired");
     assert_eq!(post_with(new, "r4"), 200);
     // A broken file is refused and the running configuration kept.
-    config(tmp.path(), "token = \"short\"\n");
+    write_config(tmp.path(), "didgate.toml", "token = \"short\"\n");
     s.signal(libc::SIGHUP);
     let deadline = Instant::now() + PATIENCE;
     while !s.stderr().contains("reload refused") {
@@ -274,8 +274,9 @@ fn socket_activation_serves_on_the_passed_socket() {
 #[test]
 fn interval_durability_acknowledges_and_survives_a_process_crash() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(
+    let cfg = write_config(
         tmp.path(),
+        "didgate.toml",
         "durability = \"interval\"\nsync_interval = \"50ms\"\n",
     );
     let data = tmp.path().join("data");

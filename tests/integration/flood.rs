@@ -2,16 +2,9 @@
 //! and running out of file descriptors. The gateway must keep serving, never spin, never die.
 
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
-
-fn config(dir: &Path, text: &str) -> String {
-    let path = dir.join("flood.toml");
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
 
 #[test]
 fn a_healthy_client_is_served_while_2000_idle_connections_are_open() {
@@ -46,7 +39,7 @@ fn a_healthy_client_is_served_while_2000_idle_connections_are_open() {
 #[test]
 fn at_the_connection_cap_new_clients_wait_and_are_served_when_one_leaves() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), "max_connections = 4\n");
+    let cfg = write_config(tmp.path(), "flood.toml", "max_connections = 4\n");
     let data = tmp.path().join("data");
     let s = Server::start(&data, &["--config", &cfg]);
     let mut held: Vec<Conn> = (0..4).map(|_| s.connect()).collect();
@@ -73,7 +66,7 @@ fn at_the_connection_cap_new_clients_wait_and_are_served_when_one_leaves() {
 #[test]
 fn out_of_descriptors_the_gateway_backs_off_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), "max_connections = 10000\n");
+    let cfg = write_config(tmp.path(), "flood.toml", "max_connections = 10000\n");
     let data = tmp.path().join("data");
     let s = Server::start_with(&data, &["--config", &cfg], Some(48), &[]).unwrap();
     let flood: Vec<TcpStream> = (0..120)
@@ -98,7 +91,7 @@ fn out_of_descriptors_the_gateway_backs_off_and_recovers() {
 #[test]
 fn a_client_that_never_reads_is_cut_off_by_the_write_timeout() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), "write_timeout = \"1s\"\n");
+    let cfg = write_config(tmp.path(), "flood.toml", "write_timeout = \"1s\"\n");
     let data = tmp.path().join("data");
     let s = Server::start(&data, &["--config", &cfg]);
     let greedy = TcpStream::connect(s.addr).unwrap();

@@ -3,16 +3,9 @@
 //! store. Status-by-status framing cases are in `conformance.rs`.
 
 use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
-
-fn config(dir: &Path, text: &str) -> String {
-    let path = dir.join("didgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
 
 fn one(s: &Server, raw: &[u8]) -> (Response, bool) {
     let (mut resp, closed) = s.exchange(raw);
@@ -141,7 +134,11 @@ fn expect_continue_chunked_and_many_headers() {
 #[test]
 fn head_deadline_answers_408_and_body_deadline_closes() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), "head_timeout = \"1s\"\nbody_timeout = \"1s\"\n");
+    let cfg = write_config(
+        tmp.path(),
+        "didgate.toml",
+        "head_timeout = \"1s\"\nbody_timeout = \"1s\"\n",
+    );
     let data = tmp.path().join("data");
     let s = Server::start(&data, &["--config", &cfg]);
     // A client trickling its head: cut off at the head deadline whatever it keeps sending.
@@ -176,30 +173,14 @@ fn head_deadline_answers_408_and_body_deadline_closes() {
 #[test]
 fn the_map_grows_and_at_its_maximum_answers_503_with_retry_after() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(
+    let cfg = write_config(
         tmp.path(),
+        "didgate.toml",
         "map_size_bytes = 1048576\nmax_map_size_bytes = 4194304\nmin_free_disk_bytes = 0\n",
     );
     let data = tmp.path().join("data");
     let s = Server::start(&data, &["--config", &cfg]);
-    let pad = "x".repeat(60_000);
-    let mut acked = Vec::new();
-    let mut refused = None;
-    for i in 0..200 {
-        let id = format!("big-{i}");
-        let r = s.post(
-            "cdr",
-            JSON,
-            &format!(r#"{{"event":"cdr","callid":"{id}","pad":"{pad}"}}"#),
-        );
-        match r.status {
-            200 => acked.push(id),
-            _ => {
-                refused = Some(r);
-                break;
-            }
-        }
-    }
+    let (acked, refused) = fill_until_refused(&s, "big", 60_000, 200);
     let r = refused.expect("a 4 MiB map fills up");
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after").as_deref(), Some("5"));

@@ -17,12 +17,6 @@ fn long() -> bool {
     std::env::var_os("DIDGATE_LONG").is_some()
 }
 
-fn config(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
 /// The sync shim (`shim/sync_shim.c`), compiled once per test run.
 fn shim() -> &'static Path {
     static SHIM: OnceLock<PathBuf> = OnceLock::new();
@@ -132,7 +126,7 @@ fn the_sync_order_check_catches_a_gateway_that_answers_before_syncing() {
     // The same check against a gateway that does not sync before answering (interval mode
     // with a long interval): it must fail, or the test above proves nothing.
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(
+    let cfg = write_config(
         tmp.path(),
         "interval.toml",
         "durability = \"interval\"\nsync_interval = \"60s\"\n",
@@ -316,32 +310,15 @@ fn a_full_disk_turns_ingest_to_503_and_it_comes_back_when_space_is_freed() {
     // Ballast to free later.
     let ballast = fs.0.join("ballast");
     std::fs::write(&ballast, vec![0u8; 8 << 20]).unwrap();
-    let cfg = config(
+    let cfg = write_config(
         tmp.path(),
         "disk.toml",
         "min_free_disk_bytes = 4194304\nmap_size_bytes = 1048576\n",
     );
     let s = Server::start(&data, &["--config", &cfg]);
-    let pad = "d".repeat(40_000);
-    let mut acked = Vec::new();
-    let mut refused = None;
-    for i in 0..2000 {
-        let id = format!("disk-{i}");
-        let r = s.post(
-            "cdr",
-            JSON,
-            &format!(r#"{{"event":"cdr","callid":"{id}","pad":"{pad}"}}"#),
-        );
-        match r.status {
-            200 => acked.push(id),
-            503 => {
-                refused = Some(r);
-                break;
-            }
-            other => panic!("unexpected {other}"),
-        }
-    }
+    let (acked, refused) = fill_until_refused(&s, "disk", 40_000, 2000);
     let r = refused.expect("a 24 MiB filesystem fills up");
+    assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after").as_deref(), Some("5"));
     // Refusals continue (no crash, no SIGBUS) while the disk stays full.
     for _ in 0..3 {
@@ -378,7 +355,7 @@ fn a_full_disk_turns_ingest_to_503_and_it_comes_back_when_space_is_freed() {
 fn the_map_grows_under_load_while_a_reader_exports() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let cfg = config(
+    let cfg = write_config(
         tmp.path(),
         "map.toml",
         "map_size_bytes = 1048576\nmax_map_size_bytes = 1073741824\nmin_free_disk_bytes = 0\n",

@@ -354,6 +354,38 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Writes a configuration file `name` into `dir`; returns its path for `--config`.
+pub fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Posts CDRs padded with `pad_bytes` of filler until one is refused (or `max` are stored).
+/// Returns the callids acknowledged and the first refusal.
+pub fn fill_until_refused(
+    s: &Server,
+    prefix: &str,
+    pad_bytes: usize,
+    max: usize,
+) -> (Vec<String>, Option<Response>) {
+    let pad = "p".repeat(pad_bytes);
+    let mut acked = Vec::new();
+    for i in 0..max {
+        let id = format!("{prefix}-{i}");
+        let r = s.post(
+            "cdr",
+            JSON,
+            &format!(r#"{{"event":"cdr","callid":"{id}","pad":"{pad}"}}"#),
+        );
+        match r.status {
+            200 => acked.push(id),
+            _ => return (acked, Some(r)),
+        }
+    }
+    (acked, None)
+}
+
 /// Raises this process's descriptor limit to its hard limit (children inherit it).
 pub fn raise_nofile() -> u64 {
     let mut lim = libc::rlimit {
