@@ -8,11 +8,7 @@ fn seed_payloads_round_trip_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let s = Server::start(&data, &[]);
-    for (hook, ct, body) in [
-        ("cdr", JSON, SEED_CDR),
-        ("recording", JSON, SEED_RECORDING),
-        ("sms", FORM, SEED_SMS),
-    ] {
+    for (hook, ct, body) in SEEDS {
         let r = s.post(hook, ct, body);
         assert_eq!((r.status, r.body.as_str()), (200, "stored\n"), "{hook}");
     }

@@ -10,11 +10,7 @@ fn seeded() -> (tempfile::TempDir, std::path::PathBuf, Server) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let s = Server::start(&data, &[]);
-    for (hook, ct, body) in [
-        ("cdr", JSON, SEED_CDR),
-        ("recording", JSON, SEED_RECORDING),
-        ("sms", FORM, SEED_SMS),
-    ] {
+    for (hook, ct, body) in SEEDS {
         assert_eq!(s.post(hook, ct, body).status, 200);
     }
     assert_eq!(

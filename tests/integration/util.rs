@@ -15,6 +15,13 @@ pub const SEED_RECORDING: &str = r#"{"calldate":"2026-05-12T05:17:58Z","callid":
 pub const SEED_SMS: &str =
     "src=15551234567&dst=448001234567&message=Hello+world+&received_at=2026-05-13+12%3A45%3A40+UTC";
 
+/// The seed document's three webhooks: hook, content type, body.
+pub const SEEDS: [(&str, &str, &str); 3] = [
+    ("cdr", JSON, SEED_CDR),
+    ("recording", JSON, SEED_RECORDING),
+    ("sms", FORM, SEED_SMS),
+];
+
 pub const JSON: &str = "application/json";
 pub const FORM: &str = "application/x-www-form-urlencoded";
 
