@@ -200,6 +200,71 @@ fn failed_syncs_answer_503_then_recover_and_a_fatal_error_exits_for_a_restart() 
 }
 
 #[test]
+fn a_wedged_writer_stops_the_watchdog_and_fails_readyz() {
+    // The writer stuck in an 8 s fdatasync: systemd must stop receiving WATCHDOG=1 (so it
+    // restarts the service at WatchdogSec) and, past its 5 s threshold, /readyz must say why.
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let ctl = tmp.path().join("shim.ctl");
+    std::fs::write(&ctl, "").unwrap();
+    let env = [
+        ("LD_PRELOAD", shim().to_str().unwrap().to_string()),
+        ("DIDGATE_SHIM_CTL", ctl.to_str().unwrap().to_string()),
+        ("NOTIFY_SOCKET", sock.to_str().unwrap().to_string()),
+        ("WATCHDOG_USEC", "400000".to_string()),
+    ];
+    let s = Server::start_with(&tmp.path().join("data"), &[], None, &env).unwrap();
+    let pings_within = |window: Duration| {
+        let end = Instant::now() + window;
+        let mut buf = [0u8; 256];
+        let mut n = 0;
+        while Instant::now() < end {
+            if let Ok(len) = manager.recv(&mut buf) {
+                n += usize::from(buf[..len].starts_with(b"WATCHDOG=1"));
+            }
+        }
+        n
+    };
+    assert!(
+        pings_within(Duration::from_millis(1000)) >= 2,
+        "pings while healthy"
+    );
+    std::fs::write(&ctl, "delay_ms=8000").unwrap();
+    let wedged_at = Instant::now();
+    let stuck = std::thread::spawn({
+        let (addr, path) = (s.addr, s.path("cdr"));
+        move || {
+            let mut c = Conn::open(addr);
+            c.send(&request(&path, JSON, cdr("wedge").as_bytes(), ""));
+            c.try_response().map(|r| r.status)
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        pings_within(Duration::from_millis(2500)),
+        0,
+        "no pings while the writer is wedged"
+    );
+    std::thread::sleep(Duration::from_millis(6000).saturating_sub(wedged_at.elapsed()));
+    let ready = s.admin_get("/readyz");
+    assert_eq!(ready.status, 503);
+    assert!(ready.body.contains("writer has not run"), "{}", ready.body);
+    std::fs::write(&ctl, "").unwrap();
+    // The stuck commit finishes; the request waited past commit_timeout, so it got 503 and
+    // the sender's retry is recognised as a duplicate.
+    assert_eq!(stuck.join().unwrap(), Some(503));
+    assert!(
+        pings_within(Duration::from_millis(5000)) >= 1,
+        "pings resume"
+    );
+    assert_eq!(s.post("cdr", JSON, &cdr("wedge")).body, "duplicate\n");
+}
+
+#[test]
 fn kill_9_rounds_lose_no_acknowledged_event() {
     let rounds = if long() { 200 } else { 20 };
     let tmp = tempfile::tempdir().unwrap();
