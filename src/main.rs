@@ -286,29 +286,10 @@ fn main() -> ExitCode {
         }),
         Command::Stats(a) => read(&a.data, |store, out| cli::stats::run(store, a.json, out)),
         Command::Check(a) => read(&a.data, cli::check::run),
-        Command::Prune(a) => {
-            let result = a
-                .data
-                .dir()
-                .map_err(|e| cli::Error::Usage(e.to_string()))
-                .and_then(|dir| {
-                    let mut out = std::io::stdout().lock();
-                    cli::prune::run(&dir, &a.before, &mut out)
-                });
-            finish(result)
-        }
-        Command::Backup(a) => {
-            let result = a
-                .data
-                .dir()
-                .map_err(|e| cli::Error::Usage(e.to_string()))
-                .and_then(|dir| {
-                    let store = cli::open(&dir)?;
-                    let mut out = std::io::stdout().lock();
-                    cli::backup::run(&store, &dir, &a.path, &mut out)
-                });
-            finish(result)
-        }
+        Command::Prune(a) => in_data_dir(&a.data, |dir, out| cli::prune::run(dir, &a.before, out)),
+        Command::Backup(a) => in_data_dir(&a.data, |dir, out| {
+            cli::backup::run(&cli::open(dir)?, dir, &a.path, out)
+        }),
         Command::Quarantine(a) => read(&a.data, |store, out| match &a.action {
             None | Some(QuarantineAction::List) => cli::quarantine::list(store, out),
             Some(QuarantineAction::Show { seq, raw }) => {
@@ -323,14 +304,20 @@ fn read(
     data: &DataArgs,
     f: impl FnOnce(&didgate::store::Store, &mut std::io::StdoutLock<'static>) -> cli::Result<()>,
 ) -> ExitCode {
+    in_data_dir(data, |dir, out| f(&cli::open(dir)?, out))
+}
+
+/// Resolves the data directory and runs one tool with stdout; errors are one line on stderr.
+fn in_data_dir(
+    data: &DataArgs,
+    f: impl FnOnce(&std::path::Path, &mut std::io::StdoutLock<'static>) -> cli::Result<()>,
+) -> ExitCode {
     let result = data
         .dir()
         .map_err(|e| cli::Error::Usage(e.to_string()))
-        .and_then(|dir| cli::open(&dir))
-        .and_then(|store| {
+        .and_then(|dir| {
             let mut out = std::io::stdout().lock();
-            let r = f(&store, &mut out);
-            r.and_then(|()| out.flush().map_err(cli::Error::from))
+            f(&dir, &mut out).and_then(|()| out.flush().map_err(cli::Error::from))
         });
     finish(result)
 }

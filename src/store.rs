@@ -786,14 +786,25 @@ impl Store {
     /// # Errors
     /// LMDB errors.
     pub fn space(&self) -> Result<SpaceInfo> {
-        let info = self.env.info()?;
-        let stat = self.env.stat()?;
+        let (used_bytes, map_bytes) = self.map_usage()?;
         let file_bytes = std::fs::metadata(self.path.join("data.mdb")).map_or(0, |m| m.len());
         Ok(SpaceInfo {
-            map_bytes: info.map_size() as u64,
-            used_bytes: (info.last_pgno() as u64 + 1) * u64::from(stat.page_size()),
+            map_bytes,
+            used_bytes,
             file_bytes,
         })
+    }
+
+    /// Bytes of the map in use and the map's size, without touching the file system (the
+    /// writer asks before every batch).
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn map_usage(&self) -> Result<(u64, u64)> {
+        let info = self.env.info()?;
+        let stat = self.env.stat()?;
+        let used = (info.last_pgno() as u64 + 1) * u64::from(stat.page_size());
+        Ok((used, info.map_size() as u64))
     }
 }
 
@@ -1066,18 +1077,15 @@ fn decode_at(seq: u64, v: &[u8]) -> Result<Record<'_>> {
 }
 
 fn decode_quarantine(seq: u64, v: &[u8]) -> Result<Quarantined> {
-    let bad = Error::Record {
+    let truncated = || Error::Record {
         seq,
         err: event::Error::Truncated,
     };
     let len = v
         .get(..2)
         .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-        .ok_or(Error::Record {
-            seq,
-            err: event::Error::Truncated,
-        })?;
-    let reason = v.get(2..2 + len).ok_or(bad)?;
+        .ok_or_else(truncated)?;
+    let reason = v.get(2..2 + len).ok_or_else(truncated)?;
     let rec = decode_at(seq, &v[2 + len..])?;
     Ok(Quarantined {
         seq,

@@ -394,7 +394,7 @@ struct Housekeeping {
 
 impl Housekeeping {
     fn new(store: &Store, ctx: &Ctx) -> Housekeeping {
-        let map_bytes = store.space().map_or(0, |s| s.map_bytes);
+        let map_bytes = store.map_usage().map_or(0, |(_, map)| map);
         ctx.metrics
             .map_max_bytes
             .store(ctx.settings.max_map_bytes, Ordering::Relaxed);
