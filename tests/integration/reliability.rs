@@ -244,6 +244,15 @@ fn a_wedged_writer_stops_the_watchdog_and_fails_readyz() {
         }
     });
     std::thread::sleep(Duration::from_millis(1000));
+    // Pings sent before the stall was visible (the heartbeat is allowed one period of age)
+    // are still queued on the socket; they are not part of the wedged window.
+    manager.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 256];
+    while manager.recv(&mut buf).is_ok() {}
+    manager.set_nonblocking(false).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     assert_eq!(
         pings_within(Duration::from_millis(2500)),
         0,
@@ -599,18 +608,23 @@ fn soak_mixed_load_with_a_follower() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let s = Server::start(&data, &[]);
+    // One event first, and the follower started with -n 1: once its first line is out, it
+    // is following, and nothing the senders store can fall before its starting point.
+    assert_eq!(s.post("cdr", JSON, &cdr("soak-seed")).status, 200);
     let mut follower = Command::new(BIN)
-        .args(["tail", "-f", "-n", "0", "--data"])
+        .args(["tail", "-f", "-n", "1", "--data"])
         .arg(&data)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let followed = Arc::new(AtomicU64::new(0));
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("soak-seed"), "{first}");
+    let followed = Arc::new(AtomicU64::new(1));
     let follow_thread = std::thread::spawn({
-        let out = follower.stdout.take().unwrap();
         let followed = followed.clone();
         move || {
-            for line in BufReader::new(out).lines() {
+            for line in lines {
                 if line.is_err() {
                     break;
                 }
@@ -669,9 +683,14 @@ fn soak_mixed_load_with_a_follower() {
     let stats: serde_json::Value =
         serde_json::from_str(&read_ok(&data, &["stats", "--json"])).unwrap();
     let stored = stats["events"].as_u64().unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while followed.load(Ordering::Relaxed) < stored && Instant::now() < deadline {
+    // The follower may lag on a loaded machine; it fails only by stalling for PATIENCE.
+    let (mut seen, mut progress_at) = (0, Instant::now());
+    while seen < stored && progress_at.elapsed() < PATIENCE {
         std::thread::sleep(Duration::from_millis(50));
+        let now_seen = followed.load(Ordering::Relaxed);
+        if now_seen > seen {
+            (seen, progress_at) = (now_seen, Instant::now());
+        }
     }
     let _ = follower.kill();
     let _ = follower.wait();
@@ -690,7 +709,7 @@ fn soak_mixed_load_with_a_follower() {
         std::fs::metadata(data.join("data.mdb")).unwrap().len()
     );
     assert_eq!(bad, 0, "every request answered 200");
-    assert_eq!(stored, ok, "stored == acknowledged");
+    assert_eq!(stored, ok + 1, "stored == acknowledged (and the seed)");
     assert_eq!(
         followed.load(Ordering::Relaxed),
         stored,
