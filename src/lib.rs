@@ -11,7 +11,9 @@
 //! - [`route`]: path -> which hook, token check in constant time.
 //! - [`decode`]: JSON (simd-json) and urlencoded form (hand-rolled) body decoding.
 //! - [`event`]: the event and its record encoding.
+//! - [`dedup`]: the writer's in-memory table of recent bodies, for recognising retries.
 //! - [`writer`]: the single writer thread: batch -> one write transaction -> commit -> wake.
+//! - [`wakeup`]: the coroutine that wakes a committed batch's requests inside the runtime.
 //! - [`store`]: LMDB environment, databases, key layout, and the read API.
 //! - [`retention`]: what is old enough to delete, pruned a slice at a time.
 //! - [`metrics`]: every counter, named once; Prometheus text.
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod decode;
+pub mod dedup;
 pub mod event;
 pub mod http;
 pub mod log;
@@ -39,4 +42,5 @@ pub mod server;
 pub mod store;
 pub mod timestamp;
 pub mod token;
+pub mod wakeup;
 pub mod writer;

@@ -122,6 +122,10 @@ pub struct Metrics {
     pub writer_heartbeat_ms: AtomicU64,
     /// Milliseconds since the epoch of the last successful commit.
     pub last_commit_ms: AtomicU64,
+    /// Bytes of the writer's in-memory dedup table.
+    pub dedup_memory_bytes: AtomicU64,
+    /// How long ago the oldest event the dedup table remembers was stored.
+    pub dedup_reach_seconds: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -145,6 +149,8 @@ impl Default for Metrics {
             disk_free_bytes: AtomicU64::new(0),
             writer_heartbeat_ms: AtomicU64::new(0),
             last_commit_ms: AtomicU64::new(0),
+            dedup_memory_bytes: AtomicU64::new(0),
+            dedup_reach_seconds: AtomicU64::new(0),
         }
     }
 }
@@ -321,7 +327,7 @@ impl Metrics {
         );
         self.batch_events
             .render(&mut o, "didgate_batch_events", "Events per commit.");
-        let gauges: [(&str, &str, u64); 8] = [
+        let gauges: [(&str, &str, u64); 10] = [
             (
                 "didgate_queue_depth",
                 "Events waiting for the writer.",
@@ -356,6 +362,17 @@ impl Metrics {
                 "didgate_last_commit_timestamp_seconds",
                 "When the last commit succeeded (Unix time).",
                 load(&self.last_commit_ms) / 1000,
+            ),
+            (
+                "didgate_dedup_memory_bytes",
+                "Bytes of the in-memory table that recognises retries.",
+                load(&self.dedup_memory_bytes),
+            ),
+            (
+                "didgate_dedup_reach_seconds",
+                "Age of the oldest event the dedup table remembers: retries older than this \
+                 (or than dedup_window) are stored again.",
+                load(&self.dedup_reach_seconds),
             ),
             (
                 "didgate_writer_heartbeat_timestamp_seconds",

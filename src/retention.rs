@@ -8,8 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::decode::JsonDecoder;
-use crate::event::BodyFormat;
 use crate::store::{self, Store, StoredEvent};
 
 /// Entries looked at per write transaction. A slice of 500 commits in a few milliseconds, so
@@ -127,18 +125,13 @@ pub fn prune_slice(
     if let Some(horizon) = cutoffs.horizon {
         let events = txn.oldest_events(cursor.next_event, PRUNE_SLICE)?;
         events_done = events.len() < PRUNE_SLICE;
-        let mut json = JsonDecoder::default();
         for ev in &events {
             if ev.stored_at_ms >= horizon {
                 events_done = true;
                 break;
             }
             if cutoffs.expired(ev) {
-                let callid = match ev.format {
-                    BodyFormat::Json => json.decode(&ev.body).ok().and_then(|f| f.callid),
-                    _ => None,
-                };
-                txn.delete_event(ev, callid.as_deref())?;
+                txn.delete_event(ev)?;
                 slice.events_deleted += 1;
             }
             cursor.next_event = ev.seq + 1;
@@ -187,7 +180,20 @@ pub fn prune_all(store: &Store, cutoffs: &Cutoffs, now_ms: i64) -> store::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
+    use crate::event::{BodyFormat, Event};
+    use crate::store::body_hash;
+
+    fn append(w: &mut store::WriteTxn<'_>, ev: &Event) -> u64 {
+        w.append_event(ev, body_hash(&ev.body)).unwrap()
+    }
+
+    fn is_call(callid: &str) -> impl FnMut(&crate::event::Record<'_>) -> bool + '_ {
+        move |rec| {
+            crate::decode::JsonDecoder::default()
+                .decode(rec.body)
+                .is_ok_and(|f| f.callid.as_deref() == Some(callid))
+        }
+    }
 
     fn event(kind: &str, callid: &str) -> Event {
         Event {
@@ -211,7 +217,7 @@ mod tests {
             (5 * DAY_MS, "cdr", "b"),
         ] {
             let mut w = store.begin_write(t).unwrap();
-            w.append_event(&event(kind, id)).unwrap();
+            append(&mut w, &event(kind, id));
             w.append_quarantine("bad", &event("cdr", "q")).unwrap();
             w.commit().unwrap();
         }
@@ -236,13 +242,15 @@ mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(left, [2, 3], "old cdr gone, recording (no retention) kept");
-        assert_eq!(store.call_events("a").unwrap().len(), 1);
+        assert_eq!(store.call_events("a", is_call("a")).unwrap().len(), 1);
         let counts = store.counts().unwrap();
         assert_eq!(counts.by_kind.get("cdr"), Some(&1));
         assert_eq!(counts.quarantined, 1);
-        // The dedup entry went with the event: the same body is new again.
+        // The event the dedup table would propose is gone: the same body is new again.
         let w = store.begin_write(now).unwrap();
-        assert_eq!(w.find_duplicate(&event("cdr", "a"), 0).unwrap(), None);
+        assert!(!w.is_same_event(1, &event("cdr", "a"), 0).unwrap());
+        drop(w);
+        assert_eq!(store.check().unwrap().problems, Vec::<String>::new());
     }
 
     #[test]
@@ -251,7 +259,7 @@ mod tests {
         let store = Store::open_writer(dir.path(), 16 << 20).unwrap();
         for i in 0..1200i64 {
             let mut w = store.begin_write(i).unwrap();
-            w.append_event(&event("sms", &format!("s{i}"))).unwrap();
+            append(&mut w, &event("sms", &format!("s{i}")));
             w.commit().unwrap();
         }
         let s = prune_all(&store, &Cutoffs::everything_before(1000), 2000).unwrap();
@@ -260,6 +268,21 @@ mod tests {
             store.scan_forward(0, 10, |_| true).unwrap().events[0].seq,
             1001
         );
+        // Seq 1100 is in the first call block (complete at 1024 events), 1199 after it; the
+        // block survives because some of its events are left.
+        for (id, seq) in [("s1099", 1100), ("s1198", 1199)] {
+            let found = store.call_events(id, is_call(id)).unwrap();
+            assert_eq!(found.iter().map(|e| e.seq).collect::<Vec<_>>(), [seq]);
+        }
+        assert_eq!(store.call_events("s5", is_call("s5")).unwrap(), vec![]);
+        assert_eq!(store.check().unwrap().problems, Vec::<String>::new());
+        // Deleting the rest removes the block; sequence numbers still do not repeat.
+        prune_all(&store, &Cutoffs::everything_before(5000), 6000).unwrap();
+        let report = store.check().unwrap();
+        assert_eq!((report.events, report.call_entries), (0, 0));
+        let mut w = store.begin_write(7000).unwrap();
+        assert_eq!(append(&mut w, &event("cdr", "new")), 1201);
+        w.commit().unwrap();
     }
 
     #[test]

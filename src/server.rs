@@ -183,6 +183,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
             batch_max: cfg.batch_max,
             queue_capacity: cfg.queue_capacity,
             dedup_window: cfg.dedup_window,
+            dedup_memory_events: cfg.dedup_memory_events,
             sync_interval: match cfg.durability {
                 Durability::Fsync => None,
                 Durability::Interval(d) => Some(d),

@@ -9,14 +9,19 @@
 //! | database     | key                                   | value                          |
 //! |--------------|---------------------------------------|--------------------------------|
 //! | `events`     | seq u64 BE                            | record (`event.rs`)            |
-//! | `calls`      | callid bytes, 0x00, seq u64 BE        | empty                          |
-//! | `dedup`      | xxh3-128(body) BE, seq u64 BE         | empty                          |
+//! | `digests`    | seq u64 BE                            | body hash u64 BE [, callid hash u32 BE] |
+//! | `callblocks` | block u64 BE (seq / 1024)             | sorted u64 BE: callid hash << 32 \| seq % 1024 |
 //! | `quarantine` | seq u64 BE (own sequence)             | reason len u16 BE, reason, record |
 //! | `counts`     | `events/K`, `day/YYYY-MM-DD/K`, `duplicates/K` | u64 BE                |
-//! | `meta`       | `schema_version`                      | u32 BE                         |
+//! | `meta`       | `schema_version`, `next_seq`          | u32 BE, u64 BE                 |
 //!
-//! No database uses `MDB_DUPSORT`: multi-valued indexes are composite keys, so any key/value
-//! store can hold the same layout.
+//! Every database the writer adds to per event is keyed by the sequence number, so a commit
+//! appends at the right edge of each tree and writes a handful of pages, not one random page
+//! per event and index (schema 1 had hash- and callid-keyed indexes; see `docs/storage.md` and
+//! `docs/performance.md`). Recognising retries uses the writer's in-memory table
+//! (`dedup.rs`), rebuilt from `digests`; finding a call uses `callblocks`, one sorted record per
+//! [`CALL_BLOCK`] events written once the block is complete, plus the `digests` of the events
+//! after the last complete block.
 //!
 //! # Caveats
 //! LMDB allows one write transaction at a time per environment, across processes; only the
@@ -25,23 +30,26 @@
 //! while it waits on output.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use lmdb::{
     Cursor, Database, DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags,
 };
-use xxhash_rust::xxh3::xxh3_128;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::event::{self, BodyFormat, Event, Record};
 use crate::timestamp;
 
 /// Version of the key layout and record format; stored in `meta` and checked on open.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// Longest `callid` that is indexed. LMDB keys are at most 511 bytes; didlogic's call ids are
-/// 20 characters. A longer (or NUL-containing) callid is stored but not indexed.
-pub const MAX_CALLID_BYTES: usize = 400;
+/// Events per `callblocks` record: a call lookup reads one record per block, plus the digests
+/// of at most this many newer events.
+pub const CALL_BLOCK: u64 = 1024;
+
+/// Entries per write transaction when a schema-1 store is migrated.
+const MIGRATION_CHUNK: usize = 50_000;
 
 /// Named databases in the environment (LMDB needs the count up front).
 const MAX_DBS: u32 = 8;
@@ -59,6 +67,8 @@ pub enum Error {
     Record { seq: u64, err: event::Error },
     /// The store was written by a didgate with another schema version.
     Schema { found: u32 },
+    /// The store has an older schema that `didgate serve` migrates on start.
+    NeedsMigration { found: u32 },
     /// There is no store at the path (reader tool).
     Missing(PathBuf),
     /// Creating the directory failed.
@@ -79,6 +89,11 @@ impl std::fmt::Display for Error {
             Error::Schema { found } => write!(
                 f,
                 "store has schema version {found}; this didgate reads version {SCHEMA_VERSION}"
+            ),
+            Error::NeedsMigration { found } => write!(
+                f,
+                "store has schema version {found}; start `didgate serve` once to migrate it to \
+                 version {SCHEMA_VERSION}"
             ),
             Error::Missing(p) => write!(
                 f,
@@ -109,8 +124,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Clone, Copy)]
 struct Dbs {
     events: Database,
-    calls: Database,
-    dedup: Database,
+    digests: Database,
+    callblocks: Database,
     quarantine: Database,
     counts: Database,
     meta: Database,
@@ -119,7 +134,9 @@ struct Dbs {
 /// When commits reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sync {
-    /// LMDB's default: every commit fsyncs before it returns.
+    /// Every commit fdatasyncs its data pages before it returns; its meta page is flushed by
+    /// the next commit or [`Store::sync`] (`MDB_NOMETASYNC`), which the caller must wait for
+    /// before it calls the commit durable.
     EveryCommit,
     /// Commits do not fsync; the caller calls [`Store::sync`] on its own schedule.
     Deferred,
@@ -173,6 +190,7 @@ pub struct Counts {
 pub struct CheckReport {
     pub events: u64,
     pub quarantined: u64,
+    /// Entries in the complete call blocks.
     pub call_entries: u64,
     /// Each inconsistency, in words; empty when the store is consistent.
     pub problems: Vec<String>,
@@ -204,7 +222,8 @@ pub struct Scan {
 pub type Resume = Option<u64>;
 
 impl Store {
-    /// Opens (creating if needed) the store for the single writer, with fsync on every commit.
+    /// Opens (creating if needed) the store for the single writer, with an fdatasync on every
+    /// commit (the meta page is flushed by the next one: see [`Sync::EveryCommit`]).
     ///
     /// # Errors
     /// The directory cannot be created, LMDB refuses the environment, or the schema differs.
@@ -220,7 +239,12 @@ impl Store {
     pub fn open_writer_with(dir: &Path, map_bytes: usize, sync: Sync) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(Error::Io)?;
         let flags = match sync {
-            Sync::EveryCommit => EnvironmentFlags::empty(),
+            // A commit fdatasyncs its data pages and writes its meta page without a second
+            // flush; the meta page reaches the disk with the next fdatasync (the next commit's,
+            // or `Store::sync`). The writer answers a batch only after that (`writer.rs`).
+            // LMDB keeps the file consistent in this mode; a power cut can only undo commits
+            // that were not answered yet.
+            Sync::EveryCommit => EnvironmentFlags::NO_META_SYNC,
             // Commits are written to the file but not flushed; `Store::sync` flushes. Without
             // MDB_WRITEMAP the written pages are in the page cache, so a process crash loses
             // nothing; a power cut can lose what was not synced yet.
@@ -234,32 +258,40 @@ impl Store {
         Self::from_env(env, dir)
     }
 
-    /// Creates the databases if needed, checks the schema, finds the next sequence numbers.
+    /// Creates the databases if needed, checks the schema (migrating a schema-1 store), finds
+    /// the next sequence numbers.
     fn from_env(env: Environment, dir: &Path) -> Result<Store> {
         let flags = DatabaseFlags::empty();
         let dbs = Dbs {
             events: env.create_db(Some("events"), flags)?,
-            calls: env.create_db(Some("calls"), flags)?,
-            dedup: env.create_db(Some("dedup"), flags)?,
+            digests: env.create_db(Some("digests"), flags)?,
+            callblocks: env.create_db(Some("callblocks"), flags)?,
             quarantine: env.create_db(Some("quarantine"), flags)?,
             counts: env.create_db(Some("counts"), flags)?,
             meta: env.create_db(Some("meta"), flags)?,
         };
-        {
-            let mut txn = env.begin_rw_txn()?;
+        let found = {
+            let txn = env.begin_ro_txn()?;
             match txn.get(dbs.meta, b"schema_version") {
-                Ok(v) => check_schema(v)?,
-                Err(lmdb::Error::NotFound) => {
-                    txn.put(
-                        dbs.meta,
-                        b"schema_version",
-                        &SCHEMA_VERSION.to_be_bytes(),
-                        WriteFlags::empty(),
-                    )?;
-                }
+                Ok(v) => Some(schema_of(v)),
+                Err(lmdb::Error::NotFound) => None,
                 Err(e) => return Err(e.into()),
             }
-            txn.commit()?;
+        };
+        match found {
+            None => {
+                let mut txn = env.begin_rw_txn()?;
+                txn.put(
+                    dbs.meta,
+                    b"schema_version",
+                    &SCHEMA_VERSION.to_be_bytes(),
+                    WriteFlags::empty(),
+                )?;
+                txn.commit()?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(1) => migrate_from_v1(&env, dbs)?,
+            Some(found) => return Err(Error::Schema { found }),
         }
         // Readers may have been killed while holding a slot; clear what they left.
         reader_check(&env);
@@ -272,9 +304,7 @@ impl Store {
         };
         {
             let txn = store.env.begin_ro_txn()?;
-            store
-                .next_event
-                .set(last_key(&txn, dbs.events)?.map_or(1, |k| k + 1));
+            store.next_event.set(next_seq(&txn, dbs)?);
             store
                 .next_quarantine
                 .set(last_key(&txn, dbs.quarantine)?.map_or(1, |k| k + 1));
@@ -317,13 +347,22 @@ impl Store {
             Err(lmdb::Error::NotFound) => Err(Error::Missing(dir.to_path_buf())),
             Err(e) => Err(Error::from(e)),
         };
+        let meta = open("meta")?;
+        {
+            let txn = env.begin_ro_txn()?;
+            match schema_of(txn.get(meta, b"schema_version")?) {
+                SCHEMA_VERSION => {}
+                1 => return Err(Error::NeedsMigration { found: 1 }),
+                found => return Err(Error::Schema { found }),
+            }
+        }
         let dbs = Dbs {
             events: open("events")?,
-            calls: open("calls")?,
-            dedup: open("dedup")?,
+            digests: open("digests")?,
+            callblocks: open("callblocks")?,
             quarantine: open("quarantine")?,
             counts: open("counts")?,
-            meta: open("meta")?,
+            meta,
         };
         // A reader killed mid-read leaves its slot behind; every reader clears such slots before
         // taking one, so hundreds of killed readers never exhaust the table.
@@ -335,10 +374,6 @@ impl Store {
             next_quarantine: Cell::new(0),
             path: dir.to_path_buf(),
         };
-        {
-            let txn = store.read_txn()?;
-            check_schema(txn.get(dbs.meta, b"schema_version")?)?;
-        }
         Ok(store)
     }
 
@@ -375,6 +410,7 @@ impl Store {
             stored_at_ms,
             day: timestamp::day_of_ms(stored_at_ms),
             counts: BTreeMap::new(),
+            touched_blocks: BTreeSet::new(),
             scratch: Vec::new(),
         })
     }
@@ -506,32 +542,95 @@ impl Store {
         }
     }
 
-    /// Every event whose JSON `callid` is `callid`, oldest first.
+    /// Every event whose JSON `callid` is `callid`, oldest first. The index holds a 32-bit
+    /// hash of the callid, so each candidate is confirmed by `is_call`, which reads the callid
+    /// from the record's body (the store does not parse bodies).
     ///
     /// # Errors
     /// LMDB or record errors.
-    pub fn call_events(&self, callid: &str) -> Result<Vec<StoredEvent>> {
+    pub fn call_events(
+        &self,
+        callid: &str,
+        mut is_call: impl FnMut(&Record<'_>) -> bool,
+    ) -> Result<Vec<StoredEvent>> {
         let mut out = Vec::new();
-        let Some(prefix) = call_prefix(callid) else {
+        if callid.is_empty() {
             return Ok(out);
-        };
+        }
+        let hash = callid_hash(callid);
         let txn = self.read_txn()?;
-        let cursor = txn.open_ro_cursor(self.dbs.calls)?;
-        let mut item = cursor_get(&cursor, Some(&prefix), lmdb_sys::MDB_SET_RANGE)?;
-        while let Some((k, _)) = item {
-            if k.len() != prefix.len() + 8 || !k.starts_with(&prefix) {
-                break;
-            }
-            let seq = key_seq(&k[prefix.len()..]);
-            match txn.get(self.dbs.events, &seq.to_be_bytes()) {
-                Ok(v) => out.push(to_stored(seq, &decode_at(seq, v)?)),
-                // Pruned by retention after the index entry was read: skip it.
-                Err(lmdb::Error::NotFound) => {}
-                Err(e) => return Err(e.into()),
+        let indexed_to = next_seq(&txn, self.dbs)? / CALL_BLOCK * CALL_BLOCK;
+        let mut candidates = Vec::new();
+        let cursor = txn.open_ro_cursor(self.dbs.callblocks)?;
+        let mut item = cursor_get(&cursor, None, lmdb_sys::MDB_FIRST)?;
+        while let Some((k, v)) = item {
+            let base = key_seq(k) * CALL_BLOCK;
+            candidates.extend(block_matches(v, hash).map(|offset| base + offset));
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+        // The events after the last complete block are not in a block yet: read their digests.
+        let cursor = txn.open_ro_cursor(self.dbs.digests)?;
+        let mut item = cursor_get(
+            &cursor,
+            Some(&indexed_to.to_be_bytes()),
+            lmdb_sys::MDB_SET_RANGE,
+        )?;
+        while let Some((k, v)) = item {
+            if digest_callid(v) == Some(hash) {
+                candidates.push(key_seq(k));
             }
             item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
         }
+        for seq in candidates {
+            match txn.get(self.dbs.events, &seq.to_be_bytes()) {
+                Ok(v) => {
+                    let rec = decode_at(seq, v)?;
+                    if is_call(&rec) {
+                        out.push(to_stored(seq, &rec));
+                    }
+                }
+                // Pruned by retention; its block entry stays until the whole block is gone.
+                Err(lmdb::Error::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(out)
+    }
+
+    /// Calls `visit(seq, body_hash)` for the newest `max` events, newest first (the writer
+    /// rebuilds its dedup table from these at start-up).
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn recent_digests(&self, max: usize, mut visit: impl FnMut(u64, u64)) -> Result<()> {
+        let txn = self.read_txn()?;
+        let cursor = txn.open_ro_cursor(self.dbs.digests)?;
+        let mut item = cursor_get(&cursor, None, lmdb_sys::MDB_LAST)?;
+        let mut seen = 0;
+        while let Some((k, v)) = item {
+            if seen == max {
+                break;
+            }
+            if let Some(hash) = digest_body(v) {
+                visit(key_seq(k), hash);
+                seen += 1;
+            }
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_PREV)?;
+        }
+        Ok(())
+    }
+
+    /// When event `seq` was stored, if it still is.
+    ///
+    /// # Errors
+    /// LMDB or record errors.
+    pub fn stored_at_of(&self, seq: u64) -> Result<Option<i64>> {
+        let txn = self.read_txn()?;
+        match txn.get(self.dbs.events, &seq.to_be_bytes()) {
+            Ok(v) => Ok(Some(decode_at(seq, v)?.stored_at_ms)),
+            Err(lmdb::Error::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The persistent counters.
@@ -615,7 +714,7 @@ impl Store {
         Ok(self.env.set_map_size(bytes)?)
     }
 
-    /// Flushes committed data to disk (for [`Sync::Deferred`]).
+    /// Flushes everything committed to disk, meta page included.
     ///
     /// # Errors
     /// The sync failed (an I/O error).
@@ -668,9 +767,9 @@ impl Store {
     }
 
     /// Verifies the store's invariants in one read transaction: every record decodes, stamps
-    /// never decrease along the sequence, every event has its dedup entry, every call-index
-    /// entry leads to an event, every quarantine entry decodes, and the counters equal what
-    /// is stored. Returns what it found; an empty `problems` means consistent.
+    /// never decrease along the sequence, every event has a digest of its body and no digest
+    /// is left without its event, every callid digest in a complete block has its block entry,
+    /// every quarantine entry decodes, and the counters equal what is stored. Returns what it found; an empty `problems` means consistent.
     ///
     /// # Errors
     /// LMDB errors (a problem with the data itself is reported, not an error).
@@ -712,13 +811,13 @@ impl Store {
                     *by_day
                         .entry((timestamp::day_of_ms(rec.stored_at_ms), rec.kind.to_string()))
                         .or_default() += 1;
-                    let mut key = [0u8; 24];
-                    key[..16].copy_from_slice(&xxh3_128(rec.body).to_be_bytes());
-                    key[16..].copy_from_slice(&seq.to_be_bytes());
-                    match txn.get(self.dbs.dedup, &key) {
-                        Ok(_) => {}
+                    match txn.get(self.dbs.digests, &seq.to_be_bytes()) {
+                        Ok(d) if digest_body(d) == Some(body_hash(rec.body)) => {}
+                        Ok(_) => report
+                            .problems
+                            .push(format!("event {seq}: digest does not match the body")),
                         Err(lmdb::Error::NotFound) => {
-                            report.problems.push(format!("event {seq}: no dedup entry"))
+                            report.problems.push(format!("event {seq}: no digest"))
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -726,31 +825,60 @@ impl Store {
             }
             item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
         }
-        let cursor = txn.open_ro_cursor(self.dbs.calls)?;
-        let mut item = cursor_get(&cursor, None, lmdb_sys::MDB_FIRST)?;
-        while let Some((k, _)) = item {
-            let seq = k.len().checked_sub(8).map_or(0, |at| key_seq(&k[at..]));
-            report.call_entries += 1;
-            if let Err(lmdb::Error::NotFound) = txn.get(self.dbs.events, &seq.to_be_bytes()) {
-                report
-                    .problems
-                    .push(format!("call index entry for missing event {seq}"));
-            }
-            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        let digests = txn.stat(self.dbs.digests)?.entries() as u64;
+        if digests != report.events {
+            report
+                .problems
+                .push(format!("{digests} digests for {} events", report.events));
         }
-        let dedup_entries = txn.stat(self.dbs.dedup)?.entries() as u64;
-        if dedup_entries != report.events {
-            report.problems.push(format!(
-                "{dedup_entries} dedup entries for {} events",
-                report.events
-            ));
-        }
+        self.check_call_blocks(&txn, report)?;
         let cursor = txn.open_ro_cursor(self.dbs.quarantine)?;
         let mut item = cursor_get(&cursor, None, lmdb_sys::MDB_FIRST)?;
         while let Some((k, v)) = item {
             report.quarantined += 1;
             if let Err(e) = decode_quarantine(key_seq(k), v) {
                 report.problems.push(format!("quarantine entry: {e}"));
+            }
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+        Ok(())
+    }
+
+    fn check_call_blocks(&self, txn: &impl Transaction, report: &mut CheckReport) -> Result<()> {
+        let indexed_to = next_seq(txn, self.dbs)? / CALL_BLOCK * CALL_BLOCK;
+        let blocks = txn.open_ro_cursor(self.dbs.callblocks)?;
+        let mut item = cursor_get(&blocks, None, lmdb_sys::MDB_FIRST)?;
+        while let Some((k, v)) = item {
+            report.call_entries += (v.len() / 8) as u64;
+            if v.len() % 8 != 0 || key_seq(k) >= indexed_to / CALL_BLOCK {
+                report
+                    .problems
+                    .push(format!("call block {} is malformed", key_seq(k)));
+            }
+            item = cursor_get(&blocks, None, lmdb_sys::MDB_NEXT)?;
+        }
+        let cursor = txn.open_ro_cursor(self.dbs.digests)?;
+        let mut item = cursor_get(&cursor, None, lmdb_sys::MDB_FIRST)?;
+        while let Some((k, v)) = item {
+            let seq = key_seq(k);
+            if seq >= indexed_to {
+                break;
+            }
+            if let Some(hash) = digest_callid(v) {
+                let block = seq / CALL_BLOCK;
+                let found = match txn.get(self.dbs.callblocks, &block.to_be_bytes()) {
+                    Ok(entries) => block_matches(entries, hash).any(|o| o == seq % CALL_BLOCK),
+                    Err(lmdb::Error::NotFound) => false,
+                    Err(e) => return Err(e.into()),
+                };
+                if !found {
+                    report
+                        .problems
+                        .push(format!("event {seq}: missing from call block {block}"));
+                }
+            }
+            if txn.get(self.dbs.events, &k).is_err() {
+                report.problems.push(format!("digest {seq} has no event"));
             }
             item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
         }
@@ -821,6 +949,8 @@ pub struct WriteTxn<'s> {
     day: String,
     /// Counter changes, applied once per key at commit.
     counts: BTreeMap<Vec<u8>, i64>,
+    /// Call blocks that lost events: deleted at commit if nothing of them is left.
+    touched_blocks: BTreeSet<u64>,
     scratch: Vec<u8>,
 }
 
@@ -830,62 +960,51 @@ impl WriteTxn<'_> {
         self.stored_at_ms
     }
 
-    /// The sequence number of an event stored earlier (or earlier in this batch) of the same
-    /// kind with byte-identical body, stamped at or after `since_ms`.
+    /// Whether event `seq`, stored earlier (or earlier in this batch), has the kind and the
+    /// byte-identical body of `ev` and was stamped at or after `since_ms`.
     ///
     /// # Errors
     /// LMDB or record errors.
-    pub fn find_duplicate(&self, ev: &Event, since_ms: i64) -> Result<Option<u64>> {
-        let hash = xxh3_128(&ev.body).to_be_bytes();
-        let dbs = self.store.dbs;
-        let cursor = self.txn.open_ro_cursor(dbs.dedup)?;
-        let mut start = [0u8; 24];
-        start[..16].copy_from_slice(&hash);
-        let mut item = cursor_get(&cursor, Some(&start), lmdb_sys::MDB_SET_RANGE)?;
-        while let Some((k, _)) = item {
-            if k.len() != 24 || k[..16] != hash {
-                break;
+    pub fn is_same_event(&self, seq: u64, ev: &Event, since_ms: i64) -> Result<bool> {
+        match self.txn.get(self.store.dbs.events, &seq.to_be_bytes()) {
+            Ok(v) => {
+                let rec = decode_at(seq, v)?;
+                Ok(rec.stored_at_ms >= since_ms && rec.kind == ev.kind && rec.body == ev.body)
             }
-            let seq = key_seq(&k[16..]);
-            match self.txn.get(dbs.events, &seq.to_be_bytes()) {
-                Ok(v) => {
-                    let rec = decode_at(seq, v)?;
-                    if rec.stored_at_ms >= since_ms && rec.kind == ev.kind && rec.body == ev.body {
-                        return Ok(Some(seq));
-                    }
-                }
-                Err(lmdb::Error::NotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
-            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+            Err(lmdb::Error::NotFound) => Ok(false),
+            Err(e) => Err(e.into()),
         }
-        Ok(None)
     }
 
-    /// Appends an event with the next sequence number, its index entries and counters.
+    /// The sequence number the next appended event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_event
+    }
+
+    /// Appends an event with the next sequence number, its digest (`body_hash` is
+    /// [`body_hash`] of its body) and counters.
     ///
     /// # Errors
     /// LMDB errors (`MDB_MAP_FULL` among them); the whole transaction must then be dropped.
-    pub fn append_event(&mut self, ev: &Event) -> Result<u64> {
+    pub fn append_event(&mut self, ev: &Event, body_hash: u64) -> Result<u64> {
         let seq = self.next_event;
         let dbs = self.store.dbs;
+        let key = seq.to_be_bytes();
         self.scratch.clear();
         ev.as_record(self.stored_at_ms).encode(&mut self.scratch);
-        self.txn.put(
-            dbs.events,
-            &seq.to_be_bytes(),
-            &self.scratch,
-            WriteFlags::APPEND,
-        )?;
-        if let Some(prefix) = ev.callid.as_deref().and_then(call_prefix) {
-            let mut key = prefix;
-            key.extend_from_slice(&seq.to_be_bytes());
-            self.txn.put(dbs.calls, &key, &[], WriteFlags::empty())?;
-        }
-        let mut key = [0u8; 24];
-        key[..16].copy_from_slice(&xxh3_128(&ev.body).to_be_bytes());
-        key[16..].copy_from_slice(&seq.to_be_bytes());
-        self.txn.put(dbs.dedup, &key, &[], WriteFlags::empty())?;
+        self.txn
+            .put(dbs.events, &key, &self.scratch, WriteFlags::APPEND)?;
+        let mut digest = [0u8; 12];
+        digest[..8].copy_from_slice(&body_hash.to_be_bytes());
+        let len = match ev.callid.as_deref().filter(|c| !c.is_empty()) {
+            Some(callid) => {
+                digest[8..].copy_from_slice(&callid_hash(callid).to_be_bytes());
+                12
+            }
+            None => 8,
+        };
+        self.txn
+            .put(dbs.digests, &key, &&digest[..len], WriteFlags::APPEND)?;
         self.bump(format!("events/{}", ev.kind));
         self.bump(format!("day/{}/{}", self.day, ev.kind));
         self.next_event += 1;
@@ -957,23 +1076,17 @@ impl WriteTxn<'_> {
         Ok(out)
     }
 
-    /// Deletes an event with its index entries, and takes it out of the counters. `callid` is
-    /// what the call index holds for it (the JSON `callid`, derived from the body).
+    /// Deletes an event with its digest, and takes it out of the counters. Its call block
+    /// goes at commit once none of the block's events is left.
     ///
     /// # Errors
     /// LMDB errors; the whole transaction must then be dropped.
-    pub fn delete_event(&mut self, ev: &StoredEvent, callid: Option<&str>) -> Result<()> {
+    pub fn delete_event(&mut self, ev: &StoredEvent) -> Result<()> {
         let dbs = self.store.dbs;
-        let seq = ev.seq.to_be_bytes();
-        del_if_present(&mut self.txn, dbs.events, &seq)?;
-        if let Some(mut key) = callid.and_then(call_prefix) {
-            key.extend_from_slice(&seq);
-            del_if_present(&mut self.txn, dbs.calls, &key)?;
-        }
-        let mut key = [0u8; 24];
-        key[..16].copy_from_slice(&xxh3_128(&ev.body).to_be_bytes());
-        key[16..].copy_from_slice(&seq);
-        del_if_present(&mut self.txn, dbs.dedup, &key)?;
+        let key = ev.seq.to_be_bytes();
+        del_if_present(&mut self.txn, dbs.events, &key)?;
+        del_if_present(&mut self.txn, dbs.digests, &key)?;
+        self.touched_blocks.insert(ev.seq / CALL_BLOCK);
         let day = timestamp::day_of_ms(ev.stored_at_ms);
         self.unbump(format!("events/{}", ev.kind));
         self.unbump(format!("day/{day}/{}", ev.kind));
@@ -996,8 +1109,8 @@ impl WriteTxn<'_> {
         *self.counts.entry(key.into_bytes()).or_insert(0) -= 1;
     }
 
-    /// Writes the counters and commits: with the default environment flags this returns only
-    /// after LMDB's fsync of the data and meta pages.
+    /// Writes the counters and commits: in [`Sync::EveryCommit`] this returns after LMDB's
+    /// fdatasync of the data pages; the commit is durable once the next fdatasync returns.
     ///
     /// # Errors
     /// LMDB errors; nothing of the batch is then stored.
@@ -1017,6 +1130,32 @@ impl WriteTxn<'_> {
                     .put(db, &key, &new.to_be_bytes(), WriteFlags::empty())?;
             }
         }
+        let dbs = self.store.dbs;
+        let before = self.store.next_event.get();
+        if self.next_event != before {
+            // Blocks completed by this batch: their digests are all written now.
+            for block in before / CALL_BLOCK..self.next_event / CALL_BLOCK {
+                write_call_block(&mut self.txn, dbs, block)?;
+            }
+            // Kept so sequence numbers never repeat, even after retention deleted every event.
+            self.txn.put(
+                dbs.meta,
+                b"next_seq",
+                &self.next_event.to_be_bytes(),
+                WriteFlags::empty(),
+            )?;
+        }
+        for block in std::mem::take(&mut self.touched_blocks) {
+            let start = block * CALL_BLOCK;
+            let left = {
+                let cursor = self.txn.open_ro_cursor(dbs.events)?;
+                cursor_get(&cursor, Some(&start.to_be_bytes()), lmdb_sys::MDB_SET_RANGE)?
+                    .is_some_and(|(k, _)| key_seq(k) < start + CALL_BLOCK)
+            };
+            if !left {
+                del_if_present(&mut self.txn, dbs.callblocks, &block.to_be_bytes())?;
+            }
+        }
         let (store, next_event, next_quarantine) =
             (self.store, self.next_event, self.next_quarantine);
         self.txn.commit()?;
@@ -1033,13 +1172,223 @@ fn del_if_present(txn: &mut lmdb::RwTransaction<'_>, db: Database, key: &[u8]) -
     }
 }
 
-fn check_schema(v: &[u8]) -> Result<()> {
-    let found = v.try_into().map(u32::from_be_bytes).unwrap_or(0);
-    if found == SCHEMA_VERSION {
-        Ok(())
-    } else {
-        Err(Error::Schema { found })
+fn schema_of(v: &[u8]) -> u32 {
+    v.try_into().map(u32::from_be_bytes).unwrap_or(0)
+}
+
+/// The hash of a body that the dedup table and `digests` hold (xxh3, 64 bits).
+pub fn body_hash(body: &[u8]) -> u64 {
+    xxh3_64(body)
+}
+
+/// The 32-bit hash of a callid that `digests` and `callblocks` hold.
+pub fn callid_hash(callid: &str) -> u32 {
+    (xxh3_64(callid.as_bytes()) >> 32) as u32
+}
+
+fn digest_body(v: &[u8]) -> Option<u64> {
+    v.get(..8)?.try_into().ok().map(u64::from_be_bytes)
+}
+
+fn digest_callid(v: &[u8]) -> Option<u32> {
+    v.get(8..12)?.try_into().ok().map(u32::from_be_bytes)
+}
+
+/// The offsets within a call block whose callid hash is `hash`, ascending. Entries are sorted
+/// big-endian u64s, so this is a binary search for the first, then a walk.
+fn block_matches(entries: &[u8], hash: u32) -> impl Iterator<Item = u64> + '_ {
+    let n = entries.len() / 8;
+    let at = |i: usize| {
+        entries[i * 8..i * 8 + 8]
+            .try_into()
+            .map_or(0, u64::from_be_bytes)
+    };
+    let want = u64::from(hash) << 32;
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if at(mid) < want {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
     }
+    (lo..n)
+        .map(at)
+        .take_while(move |e| e >> 32 == u64::from(hash))
+        .map(|e| e & 0xFFFF_FFFF)
+}
+
+/// Writes the call block `block` from the digests of its events (which must all be written).
+fn write_call_block(txn: &mut lmdb::RwTransaction<'_>, dbs: Dbs, block: u64) -> Result<()> {
+    let start = block * CALL_BLOCK;
+    let mut entries = Vec::new();
+    {
+        let cursor = txn.open_ro_cursor(dbs.digests)?;
+        let mut item = cursor_get(&cursor, Some(&start.to_be_bytes()), lmdb_sys::MDB_SET_RANGE)?;
+        while let Some((k, v)) = item {
+            let seq = key_seq(k);
+            if seq >= start + CALL_BLOCK {
+                break;
+            }
+            if let Some(hash) = digest_callid(v) {
+                entries.push((u64::from(hash) << 32) | (seq - start));
+            }
+            item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+        }
+    }
+    entries.sort_unstable();
+    let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_be_bytes()).collect();
+    txn.put(
+        dbs.callblocks,
+        &block.to_be_bytes(),
+        &bytes,
+        WriteFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// The sequence number the next event gets: one past the highest ever given (kept in `meta`,
+/// since retention may have deleted the newest events), or one past the highest stored.
+fn next_seq(txn: &impl Transaction, dbs: Dbs) -> Result<u64> {
+    let kept = match txn.get(dbs.meta, b"next_seq") {
+        Ok(v) => v.try_into().map_or(1, u64::from_be_bytes),
+        Err(lmdb::Error::NotFound) => 1,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(kept.max(last_key(txn, dbs.events)?.map_or(1, |k| k + 1)))
+}
+
+/// Rewrites a schema-1 store to schema 2 in place: digests of every body (and of every
+/// indexed callid, from the old `calls` keys), the call blocks, then the old `calls` and
+/// `dedup` databases are dropped and the version is raised, in that order. Each step commits
+/// in chunks and is idempotent, so an interrupted migration simply runs again.
+fn migrate_from_v1(env: &Environment, dbs: Dbs) -> Result<()> {
+    crate::log::info(format_args!(
+        "migrating the store from schema 1 to {SCHEMA_VERSION}"
+    ));
+    // 1. A body digest per event.
+    let mut from = 0u64;
+    loop {
+        let mut txn = env.begin_rw_txn()?;
+        let mut chunk = Vec::new();
+        {
+            let cursor = txn.open_ro_cursor(dbs.events)?;
+            let mut item = cursor_get(&cursor, Some(&from.to_be_bytes()), lmdb_sys::MDB_SET_RANGE)?;
+            while let Some((k, v)) = item {
+                if chunk.len() == MIGRATION_CHUNK {
+                    break;
+                }
+                let seq = key_seq(k);
+                chunk.push((seq, body_hash(decode_at(seq, v)?.body)));
+                item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+            }
+        }
+        for &(seq, hash) in &chunk {
+            txn.put(
+                dbs.digests,
+                &seq.to_be_bytes(),
+                &hash.to_be_bytes(),
+                WriteFlags::empty(),
+            )?;
+        }
+        txn.commit()?;
+        match chunk.last() {
+            Some(&(seq, _)) if chunk.len() == MIGRATION_CHUNK => from = seq + 1,
+            _ => break,
+        }
+    }
+    // 2. The callid of each entry of the old call index (callid, 0x00, seq) into its digest.
+    let old_calls = match env.open_db(Some("calls")) {
+        Ok(db) => Some(db),
+        Err(lmdb::Error::NotFound) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(calls) = old_calls {
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let mut txn = env.begin_rw_txn()?;
+            let mut chunk = Vec::new();
+            let mut next = None;
+            {
+                let cursor = txn.open_ro_cursor(calls)?;
+                let mut item = if from.is_empty() {
+                    cursor_get(&cursor, None, lmdb_sys::MDB_FIRST)?
+                } else {
+                    cursor_get(&cursor, Some(&from), lmdb_sys::MDB_SET_RANGE)?
+                };
+                while let Some((k, _)) = item {
+                    if chunk.len() == MIGRATION_CHUNK {
+                        next = Some(k.to_vec());
+                        break;
+                    }
+                    if let Some(at) = k.len().checked_sub(9).filter(|&at| at > 0) {
+                        let callid = String::from_utf8_lossy(&k[..at]);
+                        chunk.push((key_seq(&k[at + 1..]), callid_hash(&callid)));
+                    }
+                    item = cursor_get(&cursor, None, lmdb_sys::MDB_NEXT)?;
+                }
+            }
+            for &(seq, hash) in &chunk {
+                let key = seq.to_be_bytes();
+                let body = match txn.get(dbs.digests, &key) {
+                    Ok(d) => digest_body(d),
+                    Err(lmdb::Error::NotFound) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                if let Some(body) = body {
+                    let mut digest = [0u8; 12];
+                    digest[..8].copy_from_slice(&body.to_be_bytes());
+                    digest[8..].copy_from_slice(&hash.to_be_bytes());
+                    txn.put(dbs.digests, &key, &digest, WriteFlags::empty())?;
+                }
+            }
+            txn.commit()?;
+            match next {
+                Some(k) => from = k,
+                None => break,
+            }
+        }
+    }
+    // 3. The call blocks of every complete block, and the sequence high-water mark.
+    let next = {
+        let txn = env.begin_ro_txn()?;
+        next_seq(&txn, dbs)?
+    };
+    let blocks: Vec<u64> = (0..next / CALL_BLOCK).collect();
+    for chunk in blocks.chunks(MIGRATION_CHUNK / CALL_BLOCK as usize) {
+        let mut txn = env.begin_rw_txn()?;
+        for &block in chunk {
+            write_call_block(&mut txn, dbs, block)?;
+        }
+        txn.commit()?;
+    }
+    // 4. Drop the old indexes and raise the version, in one transaction.
+    let old_dedup = match env.open_db(Some("dedup")) {
+        Ok(db) => Some(db),
+        Err(lmdb::Error::NotFound) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let mut txn = env.begin_rw_txn()?;
+    for db in [old_calls, old_dedup].into_iter().flatten() {
+        // SAFETY: neither handle is used after this drop (LMDB's rule for mdb_drop).
+        unsafe { txn.drop_db(db)? };
+    }
+    txn.put(
+        dbs.meta,
+        b"next_seq",
+        &next.to_be_bytes(),
+        WriteFlags::empty(),
+    )?;
+    txn.put(
+        dbs.meta,
+        b"schema_version",
+        &SCHEMA_VERSION.to_be_bytes(),
+        WriteFlags::empty(),
+    )?;
+    txn.commit()?;
+    crate::log::info(format_args!("store migrated to schema {SCHEMA_VERSION}"));
+    Ok(())
 }
 
 /// Clears reader slots of dead processes (`mdb_reader_check`); harmless when there are none.
@@ -1051,17 +1400,6 @@ fn reader_check(env: &Environment) -> usize {
         lmdb_sys::mdb_reader_check(env.env(), &mut dead);
     }
     usize::try_from(dead).unwrap_or(0)
-}
-
-/// `callid` then a 0x00 separator; `None` when it cannot be a key (too long, holds NUL).
-fn call_prefix(callid: &str) -> Option<Vec<u8>> {
-    if callid.is_empty() || callid.len() > MAX_CALLID_BYTES || callid.as_bytes().contains(&0) {
-        return None;
-    }
-    let mut key = Vec::with_capacity(callid.len() + 9);
-    key.extend_from_slice(callid.as_bytes());
-    key.push(0);
-    Some(key)
 }
 
 /// The big-endian u64 at the start of `k` (keys are written by this file, always 8+ bytes;
@@ -1141,21 +1479,17 @@ mod tests {
 
     const MAP: usize = 16 << 20;
 
+    fn add(w: &mut WriteTxn<'_>, ev: &Event) -> u64 {
+        w.append_event(ev, body_hash(&ev.body)).unwrap()
+    }
+
     #[test]
     fn appends_in_order_and_reads_back_after_commit_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_writer(dir.path(), MAP).unwrap();
         let mut w = store.begin_write(1_000).unwrap();
-        assert_eq!(
-            w.append_event(&event("cdr", "{\"a\":1}", Some("c1")))
-                .unwrap(),
-            1
-        );
-        assert_eq!(
-            w.append_event(&event("recording", "{\"b\":2}", Some("c1")))
-                .unwrap(),
-            2
-        );
+        assert_eq!(add(&mut w, &event("cdr", "{\"a\":1}", Some("c1"))), 1);
+        assert_eq!(add(&mut w, &event("recording", "{\"b\":2}", Some("c1"))), 2);
         let reader = Store::open_reader(dir.path()).unwrap();
         assert_eq!(
             reader.last_seq().unwrap(),
@@ -1171,10 +1505,10 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].body, b"{\"a\":1}");
         assert_eq!(all[1].stored_at_ms, 1_000);
-        let call = reader.call_events("c1").unwrap();
+        let call = reader.call_events("c1", |_| true).unwrap();
         assert_eq!(call.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert!(
-            reader.call_events("c").unwrap().is_empty(),
+            reader.call_events("c", |_| true).unwrap().is_empty(),
             "prefix of a callid is not it"
         );
         let counts = reader.counts().unwrap();
@@ -1187,44 +1521,163 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_writer(dir.path(), MAP).unwrap();
         let mut w = store.begin_write(1).unwrap();
-        w.append_event(&event("cdr", "{}", None)).unwrap();
+        add(&mut w, &event("cdr", "{}", None));
         drop(w);
         let mut w = store.begin_write(2).unwrap();
-        assert_eq!(w.append_event(&event("cdr", "{}", None)).unwrap(), 1);
+        assert_eq!(add(&mut w, &event("cdr", "{}", None)), 1);
         w.commit().unwrap();
     }
 
     #[test]
-    fn duplicate_needs_same_kind_same_body_inside_window() {
+    fn same_event_needs_same_kind_same_body_inside_window() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_writer(dir.path(), MAP).unwrap();
         let mut w = store.begin_write(5_000).unwrap();
         let a = event("cdr", "{\"x\":1}", None);
-        assert_eq!(w.find_duplicate(&a, 0).unwrap(), None);
-        w.append_event(&a).unwrap();
-        assert_eq!(
-            w.find_duplicate(&a, 0).unwrap(),
-            Some(1),
+        assert!(!w.is_same_event(1, &a, 0).unwrap(), "nothing stored yet");
+        assert_eq!(add(&mut w, &a), 1);
+        assert!(
+            w.is_same_event(1, &a, 0).unwrap(),
             "seen within the same batch"
         );
         w.commit().unwrap();
         let w = store.begin_write(6_000).unwrap();
-        assert_eq!(w.find_duplicate(&a, 5_000).unwrap(), Some(1));
-        assert_eq!(
-            w.find_duplicate(&a, 5_001).unwrap(),
-            None,
+        assert!(w.is_same_event(1, &a, 5_000).unwrap());
+        assert!(
+            !w.is_same_event(1, &a, 5_001).unwrap(),
             "outside the window"
         );
-        assert_eq!(
-            w.find_duplicate(&event("sms", "{\"x\":1}", None), 0)
-                .unwrap(),
-            None
+        assert!(
+            !w.is_same_event(1, &event("sms", "{\"x\":1}", None), 0)
+                .unwrap()
         );
-        assert_eq!(
-            w.find_duplicate(&event("cdr", "{\"x\":2}", None), 0)
-                .unwrap(),
-            None
+        assert!(
+            !w.is_same_event(1, &event("cdr", "{\"x\":2}", None), 0)
+                .unwrap()
         );
+    }
+
+    #[test]
+    fn calls_are_found_in_complete_blocks_and_in_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), 64 << 20).unwrap();
+        let n = CALL_BLOCK * 2 + 100;
+        // Call k has events k and k + 500 (a CDR and its recording, apart); every tenth event
+        // has no callid (an SMS).
+        let callid = |seq: u64| (!seq.is_multiple_of(10)).then(|| format!("call-{}", seq % 500));
+        for chunk in (1..=n).collect::<Vec<_>>().chunks(300) {
+            let mut w = store.begin_write(1).unwrap();
+            for &seq in chunk {
+                let id = callid(seq);
+                let body = format!("{{\"n\":{seq}}}");
+                assert_eq!(add(&mut w, &event("cdr", &body, id.as_deref())), seq);
+            }
+            w.commit().unwrap();
+        }
+        let reader = Store::open_reader(dir.path()).unwrap();
+        for probe in [1, 499, 1023, 1024, 1500, 2047, 2048, 2100, 2148] {
+            let Some(id) = callid(probe) else { continue };
+            let want: Vec<u64> = (1..=n).filter(|&s| callid(s) == Some(id.clone())).collect();
+            let got: Vec<u64> = reader
+                .call_events(&id, |_| true)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(got, want, "{id}");
+        }
+        let report = reader.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let with_callid = (0..CALL_BLOCK * 2)
+            .filter(|&s| s > 0 && s % 10 != 0)
+            .count();
+        assert_eq!(report.call_entries, with_callid as u64);
+    }
+
+    #[test]
+    fn a_schema_1_store_is_migrated_on_open_for_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = CALL_BLOCK + 5;
+        {
+            // Schema 1 as the previous release wrote it.
+            let env = Environment::new()
+                .set_max_dbs(MAX_DBS)
+                .set_map_size(MAP)
+                .open(dir.path())
+                .unwrap();
+            let db = |name| env.create_db(Some(name), DatabaseFlags::empty()).unwrap();
+            let (events, calls, dedup, counts, meta) = (
+                db("events"),
+                db("calls"),
+                db("dedup"),
+                db("counts"),
+                db("meta"),
+            );
+            db("quarantine");
+            let mut txn = env.begin_rw_txn().unwrap();
+            txn.put(
+                meta,
+                b"schema_version",
+                &1u32.to_be_bytes(),
+                WriteFlags::empty(),
+            )
+            .unwrap();
+            for seq in 1..=n {
+                let ev = event("cdr", &format!("{{\"n\":{seq}}}"), None);
+                let mut rec = Vec::new();
+                ev.as_record(1).encode(&mut rec);
+                let key = seq.to_be_bytes();
+                txn.put(events, &key, &rec, WriteFlags::empty()).unwrap();
+                let mut call = format!("call-{}", seq % 7).into_bytes();
+                call.push(0);
+                call.extend_from_slice(&key);
+                txn.put(calls, &call, &[], WriteFlags::empty()).unwrap();
+                let mut d = [0u8; 24];
+                d[16..].copy_from_slice(&key);
+                d[0] = seq as u8;
+                txn.put(dedup, &d, &[], WriteFlags::empty()).unwrap();
+            }
+            txn.put(counts, b"events/cdr", &n.to_be_bytes(), WriteFlags::empty())
+                .unwrap();
+            txn.put(
+                counts,
+                b"day/1970-01-01/cdr",
+                &n.to_be_bytes(),
+                WriteFlags::empty(),
+            )
+            .unwrap();
+            txn.commit().unwrap();
+        }
+        assert!(matches!(
+            Store::open_reader(dir.path()),
+            Err(Error::NeedsMigration { found: 1 })
+        ));
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let report = store.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let got: Vec<u64> = store
+            .call_events("call-3", |_| true)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(got, (1..=n).filter(|s| s % 7 == 3).collect::<Vec<_>>());
+        let mut w = store.begin_write(2).unwrap();
+        assert_eq!(add(&mut w, &event("cdr", "{}", None)), n + 1);
+        w.commit().unwrap();
+        drop(store);
+        let reader = Store::open_reader(dir.path()).unwrap();
+        assert_eq!(reader.last_seq().unwrap(), Some(n + 1));
+        let env = Environment::new()
+            .set_max_dbs(MAX_DBS)
+            .open(dir.path())
+            .unwrap();
+        for old in ["calls", "dedup"] {
+            assert!(
+                matches!(env.open_db(Some(old)), Err(lmdb::Error::NotFound)),
+                "{old}"
+            );
+        }
     }
 
     #[test]
@@ -1233,14 +1686,14 @@ mod tests {
         {
             let store = Store::open_writer(dir.path(), MAP).unwrap();
             let mut w = store.begin_write(1).unwrap();
-            w.append_event(&event("cdr", "{}", None)).unwrap();
+            add(&mut w, &event("cdr", "{}", None));
             w.append_quarantine("invalid JSON", &event("cdr", "{", None))
                 .unwrap();
             w.commit().unwrap();
         }
         let store = Store::open_writer(dir.path(), MAP).unwrap();
         let mut w = store.begin_write(2).unwrap();
-        assert_eq!(w.append_event(&event("cdr", "{\"n\":2}", None)).unwrap(), 2);
+        assert_eq!(add(&mut w, &event("cdr", "{\"n\":2}", None)), 2);
         assert_eq!(
             w.append_quarantine("x", &event("cdr", "[", None)).unwrap(),
             2
@@ -1258,8 +1711,7 @@ mod tests {
         let store = Store::open_writer(dir.path(), MAP).unwrap();
         for (i, t) in [10, 10, 20, 30, 30, 40].iter().enumerate() {
             let mut w = store.begin_write(*t).unwrap();
-            w.append_event(&event("cdr", &format!("{{\"i\":{i}}}"), None))
-                .unwrap();
+            add(&mut w, &event("cdr", &format!("{{\"i\":{i}}}"), None));
             w.commit().unwrap();
         }
         let cases = [
@@ -1289,16 +1741,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_writer(dir.path(), MAP).unwrap();
         let mut w = store.begin_write(7).unwrap();
-        w.append_event(&event("cdr", "{\"a\":1}", Some("c")))
-            .unwrap();
-        w.append_event(&event("sms", "{\"b\":1}", None)).unwrap();
+        add(&mut w, &event("cdr", "{\"a\":1}", Some("c")));
+        add(&mut w, &event("sms", "{\"b\":1}", None));
         w.append_quarantine("bad", &event("cdr", "{", None))
             .unwrap();
         w.commit().unwrap();
         let report = store.check().unwrap();
         assert_eq!(
             (report.events, report.quarantined, report.call_entries),
-            (2, 1, 1)
+            (2, 1, 0),
+            "no block is complete yet"
         );
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use may::sync::Blocker;
 
+use crate::dedup::Recent;
+use crate::wakeup::Wakeup;
+
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::retention::{self, Cutoffs, Policy};
@@ -98,8 +101,17 @@ impl Reply {
     }
 
     fn complete(&self, outcome: Outcome) {
-        // Set before unpark: the waiter reads the outcome after waking.
+        self.settle(outcome);
+        self.wake();
+    }
+
+    /// Sets the outcome without waking the waiter; [`Reply::wake`] must follow.
+    fn settle(&self, outcome: Outcome) {
         let _ = self.outcome.set(outcome);
+    }
+
+    /// Wakes the waiter (after the outcome is set: the waiter reads it on waking).
+    pub(crate) fn wake(&self) {
         self.blocker.unpark();
     }
 }
@@ -121,6 +133,8 @@ pub struct Settings {
     pub queue_capacity: usize,
     /// How far back a byte-identical body counts as a duplicate.
     pub dedup_window: Duration,
+    /// Events the in-memory dedup table remembers at least (it holds up to twice as many).
+    pub dedup_memory_events: usize,
     /// `Some(interval)`: commits do not fsync, a sync runs every interval (the store must be
     /// opened with `store::Sync::Deferred`). `None`: every commit fsyncs.
     pub sync_interval: Option<Duration>,
@@ -136,6 +150,7 @@ impl Default for Settings {
             batch_max: 512,
             queue_capacity: 4096,
             dedup_window: Duration::from_secs(7 * 24 * 3600),
+            dedup_memory_events: crate::config::DEFAULT_DEDUP_MEMORY_EVENTS,
             sync_interval: None,
             min_free_disk_bytes: 0,
             max_map_bytes: 1 << 30,
@@ -284,6 +299,11 @@ fn run(store: Store, rx: Receiver<Job>, ctx: Ctx) {
     let mut batch: Vec<Job> = Vec::with_capacity(ctx.settings.batch_max);
     let mut house = Housekeeping::new(&store, &ctx);
     let mut last_ms = i64::MIN;
+    let wakeup = Wakeup::start();
+    let mut recent = load_recent(&store, &ctx);
+    // Committed, but the commit's meta page is not known to be on disk yet (see `Unsynced`).
+    let mut unsynced = Unsynced::default();
+    let defer = ctx.settings.sync_interval.is_none();
     loop {
         ctx.metrics.writer_heartbeat_ms.store(
             u64::try_from(timestamp::now_ms()).unwrap_or(0),
@@ -312,6 +332,7 @@ fn run(store: Store, rx: Receiver<Job>, ctx: Ctx) {
         // disk within one housekeeping interval.
         house.check_disk(&store, &ctx);
         if ctx.health.disk_low.load(Ordering::Relaxed) {
+            unsynced.sync_and_wake(&store, &ctx, &wakeup);
             for job in batch.drain(..) {
                 job.reply.complete(Outcome::Failed);
             }
@@ -321,12 +342,14 @@ fn run(store: Store, rx: Receiver<Job>, ctx: Ctx) {
         house.ensure_room(&store, &ctx, incoming);
         let since = now.saturating_sub(window_ms);
         let started = Instant::now();
-        let mut result = commit_batch(&store, &batch, now, since);
+        let mut result = commit_batch(&store, &mut recent, &batch, now, since);
         if result.as_ref().is_err_and(store::Error::is_map_full) && house.grow(&store, &ctx) {
-            result = commit_batch(&store, &batch, now, since);
+            result = commit_batch(&store, &mut recent, &batch, now, since);
         }
         match result {
             Ok(outcomes) => {
+                // This commit's fdatasync also flushed the previous commit's meta page.
+                unsynced.wake(&wakeup);
                 house.dirty = true;
                 ctx.health.commit_failing.store(false, Ordering::Relaxed);
                 let fsynced = ctx.settings.sync_interval.is_none();
@@ -347,10 +370,18 @@ fn run(store: Store, rx: Receiver<Job>, ctx: Ctx) {
                         Outcome::Stored(_) => ctx.metrics.stored(&job.event.kind),
                         Outcome::Failed => {}
                     }
-                    job.reply.complete(outcome);
+                    unsynced.replies.push((job.reply, outcome));
+                }
+                if !defer {
+                    // Interval mode: answers never waited for a flush.
+                    unsynced.wake(&wakeup);
+                } else if rx.is_empty() {
+                    // Nothing queued to carry the next fdatasync: flush the meta page now.
+                    unsynced.sync_and_wake(&store, &ctx, &wakeup);
                 }
             }
             Err(e) => {
+                unsynced.sync_and_wake(&store, &ctx, &wakeup);
                 ctx.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 ctx.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
                 ctx.health.commit_failing.store(true, Ordering::Relaxed);
@@ -374,8 +405,87 @@ fn run(store: Store, rx: Receiver<Job>, ctx: Ctx) {
             }
         }
         house.run(&store, &ctx, rx.is_empty());
+        house.dedup_reach(&store, &ctx, &recent, now);
     }
+    unsynced.sync_and_wake(&store, &ctx, &wakeup);
     house.sync(&store, &ctx);
+}
+
+/// Requests of committed batches whose answers wait for the commit's meta page to be on disk.
+///
+/// The store opens with `MDB_NOMETASYNC` in the fsync mode: a commit fdatasyncs its data pages,
+/// then writes its meta page (what makes the commit the current state) without a second flush.
+/// That page is on disk after the next fdatasync of the file: the next batch's commit, when
+/// requests are queued (one flush per commit under load instead of LMDB's two), or an explicit
+/// [`Store::sync`] when nothing is queued. Only then are the requests answered. In interval
+/// mode nothing is deferred: answers never waited for a flush there.
+#[derive(Default)]
+struct Unsynced {
+    replies: Vec<(Arc<Reply>, Outcome)>,
+}
+
+impl Unsynced {
+    /// The last fdatasync covered these commits: answer their requests.
+    fn wake(&mut self, wakeup: &Wakeup) {
+        if self.replies.is_empty() {
+            return;
+        }
+        let mut woken = Vec::with_capacity(self.replies.len());
+        for (reply, outcome) in self.replies.drain(..) {
+            reply.settle(outcome);
+            woken.push(reply);
+        }
+        wakeup.wake(woken);
+    }
+
+    /// Flushes the file, then answers; if the flush fails, whether the commits survive a power
+    /// cut is unknown, so their requests get 503 (a retry is then recognised as a duplicate if
+    /// the commit did survive).
+    fn sync_and_wake(&mut self, store: &Store, ctx: &Ctx, wakeup: &Wakeup) {
+        if self.replies.is_empty() {
+            return;
+        }
+        match store.sync() {
+            Ok(()) => {
+                ctx.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.wake(wakeup);
+            }
+            Err(e) => {
+                crate::log::warn_limited(
+                    "sync-failed",
+                    format_args!(
+                        "flushing {} committed events failed: {e}",
+                        self.replies.len()
+                    ),
+                );
+                for (reply, _) in self.replies.drain(..) {
+                    reply.complete(Outcome::Failed);
+                }
+            }
+        }
+    }
+}
+
+/// The dedup table, filled with the newest events' digests so retries of events stored before
+/// a restart are still recognised.
+fn load_recent(store: &Store, ctx: &Ctx) -> Recent {
+    let per_generation = ctx.settings.dedup_memory_events;
+    let mut recent = Recent::new(per_generation);
+    let mut newest_first = Vec::new();
+    let loaded = store.recent_digests(per_generation, |seq, hash| newest_first.push((seq, hash)));
+    if let Err(e) = loaded {
+        crate::log::warn(format_args!(
+            "cannot read recent digests ({e}); retries of events stored before this start \
+             will not be recognised"
+        ));
+    }
+    for (seq, hash) in newest_first.into_iter().rev() {
+        recent.insert(hash, seq);
+    }
+    ctx.metrics
+        .dedup_memory_bytes
+        .store(recent.memory_bytes() as u64, Ordering::Relaxed);
+    recent
 }
 
 /// The writer's chores between batches: sync in interval mode, watch disk and map, clear
@@ -390,6 +500,7 @@ struct Housekeeping {
     prune_cursor: retention::Cursor,
     /// The map size set on the environment now.
     map_bytes: u64,
+    last_reach: Option<Instant>,
 }
 
 impl Housekeeping {
@@ -407,6 +518,7 @@ impl Housekeeping {
             next_prune: now,
             prune_cursor: retention::Cursor::default(),
             map_bytes,
+            last_reach: None,
         }
     }
 
@@ -438,6 +550,38 @@ impl Housekeeping {
         }
         if idle && now >= self.next_prune {
             self.prune(store, ctx);
+        }
+    }
+
+    /// Publishes how far back the dedup table reaches (at most every housekeeping interval),
+    /// and warns when that is shorter than the sender's retry window and the configured one.
+    fn dedup_reach(&mut self, store: &Store, ctx: &Ctx, recent: &Recent, now_ms: i64) {
+        let now = Instant::now();
+        if self
+            .last_reach
+            .is_some_and(|t| now.duration_since(t) < HOUSEKEEPING_INTERVAL)
+        {
+            return;
+        }
+        self.last_reach = Some(now);
+        let Some(Ok(Some(oldest_ms))) = recent.oldest_seq().map(|seq| store.stored_at_of(seq))
+        else {
+            return;
+        };
+        let reach = Duration::from_millis(u64::try_from(now_ms - oldest_ms).unwrap_or(0));
+        ctx.metrics
+            .dedup_reach_seconds
+            .store(reach.as_secs(), Ordering::Relaxed);
+        let full = recent.len() >= ctx.settings.dedup_memory_events;
+        if full && reach < crate::config::MIN_DEDUP_WINDOW.min(ctx.settings.dedup_window) {
+            crate::log::warn_limited(
+                "dedup-reach",
+                format_args!(
+                    "the dedup table reaches back only {} s at this event rate, less than the \
+                     sender's 16-minute retry window; raise dedup_memory_events",
+                    reach.as_secs()
+                ),
+            );
         }
     }
 
@@ -569,8 +713,14 @@ impl Housekeeping {
 }
 /// Writes one batch in one transaction. All or nothing: on any error the transaction is
 /// dropped (aborted) and every job in the batch fails.
+///
+/// A body is a duplicate when the dedup table proposes an earlier event (or one earlier in this
+/// batch) that has the same kind and the byte-identical body and was stored inside the window.
+/// Entries of a batch that then fails stay in the table; they point at sequence numbers that
+/// the next batch reuses for other bodies, so the byte comparison turns them down.
 fn commit_batch(
     store: &Store,
+    recent: &mut Recent,
     batch: &[Job],
     now_ms: i64,
     dedup_since_ms: i64,
@@ -580,13 +730,27 @@ fn commit_batch(
     for job in batch {
         let outcome = match &job.quarantine {
             Some(reason) => Outcome::Quarantined(txn.append_quarantine(reason, &job.event)?),
-            None => match txn.find_duplicate(&job.event, dedup_since_ms)? {
-                Some(seq) => {
-                    txn.count_duplicate(&job.event.kind);
-                    Outcome::Duplicate(seq)
+            None => {
+                let hash = store::body_hash(&job.event.body);
+                let mut earlier = None;
+                for seq in recent.candidates(hash) {
+                    if txn.is_same_event(seq, &job.event, dedup_since_ms)? {
+                        earlier = Some(seq);
+                        break;
+                    }
                 }
-                None => Outcome::Stored(txn.append_event(&job.event)?),
-            },
+                match earlier {
+                    Some(seq) => {
+                        txn.count_duplicate(&job.event.kind);
+                        Outcome::Duplicate(seq)
+                    }
+                    None => {
+                        let seq = txn.append_event(&job.event, hash)?;
+                        recent.insert(hash, seq);
+                        Outcome::Stored(seq)
+                    }
+                }
+            }
         };
         outcomes.push(outcome);
     }

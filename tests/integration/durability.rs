@@ -90,3 +90,60 @@ fn a_second_gateway_on_the_same_data_or_port_refuses_to_start() {
     // The first one is unaffected.
     assert_eq!(s.post("cdr", JSON, SEED_CDR).status, 200);
 }
+
+#[test]
+fn the_dedup_table_forgets_beyond_its_size_and_calls_are_found_across_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // The smallest table: at least 1,024 events remembered, at most 2,048.
+    let cfg = write_config(tmp.path(), "small.toml", "dedup_memory_events = 1024\n");
+    let s = Server::start(&data, &["--config", &cfg]);
+    let total = 3000;
+    // Pipelined on one connection, 100 at a time: quick, and batches of many events.
+    let mut c = s.connect();
+    for chunk in (0..total).collect::<Vec<_>>().chunks(100) {
+        let mut raw = Vec::new();
+        for i in chunk {
+            raw.extend(request(
+                &s.path("cdr"),
+                JSON,
+                cdr(&format!("t-{i}")).as_bytes(),
+                "",
+            ));
+        }
+        c.send(&raw);
+        for _ in chunk {
+            assert_eq!(c.response().status, 200);
+        }
+    }
+    // The newest 1,024 are remembered; the first ones (2,000+ events back) are not.
+    assert_eq!(s.post("cdr", JSON, &cdr("t-2999")).body, "duplicate\n");
+    assert_eq!(s.post("cdr", JSON, &cdr("t-2000")).body, "duplicate\n");
+    assert_eq!(s.post("cdr", JSON, &cdr("t-5")).body, "stored\n");
+    let metrics = s.admin_get("/metrics").body;
+    assert!(
+        metrics.contains("didgate_dedup_memory_bytes 32768\n"),
+        "{metrics}"
+    );
+    // `get` finds calls in complete blocks (1..=2048) and in the newest, incomplete one.
+    for (id, seqs) in [
+        ("t-5", vec![6, 3001]),
+        ("t-1500", vec![1501]),
+        ("t-2990", vec![2991]),
+    ] {
+        let out = read_ok(&data, &["get", id]);
+        let got: Vec<u64> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(got, seqs, "{id}");
+    }
+    let out = cli(&["get", "t-3000", "--data", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "no such call");
+    let check = read_ok(&data, &["check"]);
+    assert!(check.contains("consistent"), "{check}");
+}

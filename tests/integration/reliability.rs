@@ -65,7 +65,8 @@ fn monotonic_ns() -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
-fn sync_completions(log: &Path) -> Vec<i64> {
+/// When the shim saw successful `call`s complete ("fdatasync", or "meta" for a meta-page write).
+fn completions(log: &Path, call: &str) -> Vec<i64> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
@@ -74,7 +75,7 @@ fn sync_completions(log: &Path) -> Vec<i64> {
             let what = f.next()?;
             let t: i64 = f.next()?.parse().ok()?;
             let rc: i64 = f.next()?.parse().ok()?;
-            (what == "fdatasync" && rc == 0).then_some(t)
+            (what == call && rc >= 0).then_some(t)
         })
         .collect()
 }
@@ -85,39 +86,64 @@ fn assert_consistent(data: &Path) {
     assert!(out.status.success(), "store inconsistent: {text}");
 }
 
-/// Each request's answer came before (`false`) or after (`true`) a completed data sync that
-/// began after the request was sent.
-fn answers_wait_for_a_sync(extra: &[&str], dir: &Path) -> Vec<bool> {
+/// Whether each request's answer came after its commit was on disk: a meta-page write (the
+/// commit) after the request was sent, then a completed fdatasync after that write (the store
+/// flushes meta pages with the next fdatasync, not on their own), both before the answer.
+fn answers_wait_for_a_sync(extra: &[&str], dir: &Path, clients: usize) -> Vec<bool> {
     let s = start_shimmed(dir, extra);
     std::fs::write(&s.ctl, "delay_ms=40").unwrap();
-    let mut c = s.server.connect();
-    let mut spans = Vec::new();
-    for i in 0..10 {
-        let req = request(
-            &s.server.path("cdr"),
-            JSON,
-            cdr(&format!("sync-{i}")).as_bytes(),
-            "",
-        );
-        let sent = monotonic_ns();
-        c.send(&req);
-        assert_eq!(c.response().status, 200);
-        spans.push((sent, monotonic_ns()));
-    }
-    let syncs = sync_completions(&s.log);
+    // With several clients, requests queue while a commit flushes: batches then rely on the
+    // next commit's fdatasync for their meta page, not on a flush of their own.
+    let spans: Vec<(i64, i64)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|client| {
+                let server = &s.server;
+                scope.spawn(move || {
+                    let mut c = server.connect();
+                    let mut spans = Vec::new();
+                    for i in 0..10 {
+                        let id = format!("sync-{client}-{i}");
+                        let req = request(&server.path("cdr"), JSON, cdr(&id).as_bytes(), "");
+                        let sent = monotonic_ns();
+                        c.send(&req);
+                        assert_eq!(c.response().status, 200);
+                        spans.push((sent, monotonic_ns()));
+                    }
+                    spans
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let syncs = completions(&s.log, "fdatasync");
+    let metas = completions(&s.log, "meta");
     spans
         .iter()
-        .map(|(sent, answered)| syncs.iter().any(|t| t > sent && t < answered))
+        .map(|(sent, answered)| {
+            metas
+                .iter()
+                .any(|m| m > sent && m < answered && syncs.iter().any(|t| t > m && t < answered))
+        })
         .collect()
 }
 
 #[test]
 fn no_200_before_the_fsync_that_covers_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let covered = answers_wait_for_a_sync(&[], tmp.path());
+    let covered = answers_wait_for_a_sync(&[], tmp.path(), 1);
     assert!(
         covered.iter().all(|c| *c),
         "a 200 left before its sync: {covered:?}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let covered = answers_wait_for_a_sync(&[], tmp.path(), 8);
+    assert_eq!(covered.len(), 80);
+    assert!(
+        covered.iter().all(|c| *c),
+        "under concurrency a 200 left before its sync: {covered:?}"
     );
 }
 
@@ -131,7 +157,7 @@ fn the_sync_order_check_catches_a_gateway_that_answers_before_syncing() {
         "interval.toml",
         "durability = \"interval\"\nsync_interval = \"60s\"\n",
     );
-    let covered = answers_wait_for_a_sync(&["--config", &cfg], tmp.path());
+    let covered = answers_wait_for_a_sync(&["--config", &cfg], tmp.path(), 1);
     assert!(
         covered.iter().all(|c| !*c),
         "interval mode should answer before syncing: {covered:?}"
