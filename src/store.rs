@@ -281,12 +281,7 @@ impl Store {
         match found {
             None => {
                 let mut txn = env.begin_rw_txn()?;
-                txn.put(
-                    dbs.meta,
-                    b"schema_version",
-                    &SCHEMA_VERSION.to_be_bytes(),
-                    WriteFlags::empty(),
-                )?;
+                put_schema_version(&mut txn, dbs)?;
                 txn.commit()?;
             }
             Some(SCHEMA_VERSION) => {}
@@ -1380,15 +1375,15 @@ fn migrate_from_v1(env: &Environment, dbs: Dbs) -> Result<()> {
         &next.to_be_bytes(),
         WriteFlags::empty(),
     )?;
-    txn.put(
-        dbs.meta,
-        b"schema_version",
-        &SCHEMA_VERSION.to_be_bytes(),
-        WriteFlags::empty(),
-    )?;
+    put_schema_version(&mut txn, dbs)?;
     txn.commit()?;
     crate::log::info(format_args!("store migrated to schema {SCHEMA_VERSION}"));
     Ok(())
+}
+
+fn put_schema_version(txn: &mut lmdb::RwTransaction<'_>, dbs: Dbs) -> Result<()> {
+    let version = SCHEMA_VERSION.to_be_bytes();
+    Ok(txn.put(dbs.meta, b"schema_version", &version, WriteFlags::empty())?)
 }
 
 /// Clears reader slots of dead processes (`mdb_reader_check`); harmless when there are none.
