@@ -471,16 +471,13 @@ impl Unsynced {
 fn load_recent(store: &Store, ctx: &Ctx) -> Recent {
     let per_generation = ctx.settings.dedup_memory_events;
     let mut recent = Recent::new(per_generation);
-    let mut newest_first = Vec::new();
-    let loaded = store.recent_digests(per_generation, |seq, hash| newest_first.push((seq, hash)));
+    // At most one generation is loaded, so the order of inserts does not matter.
+    let loaded = store.recent_digests(per_generation, |seq, hash| recent.insert(hash, seq));
     if let Err(e) = loaded {
         crate::log::warn(format_args!(
             "cannot read recent digests ({e}); retries of events stored before this start \
              will not be recognised"
         ));
-    }
-    for (seq, hash) in newest_first.into_iter().rev() {
-        recent.insert(hash, seq);
     }
     ctx.metrics
         .dedup_memory_bytes
