@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use crate::decode::form;
+use crate::decode::form::Form;
 use crate::decode::json::StringState;
 use crate::event::BodyFormat;
 use crate::store::StoredEvent;
@@ -61,7 +61,8 @@ pub fn payload(format: BodyFormat, body: &[u8], out: &mut Vec<u8>) {
         }
         BodyFormat::Form => {
             out.push(b'{');
-            for (i, (name, values)) in form_fields(body).iter().enumerate() {
+            let form = Form::decode(body);
+            for (i, (name, values)) in form.grouped().iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
@@ -84,20 +85,6 @@ pub fn payload(format: BodyFormat, body: &[u8], out: &mut Vec<u8>) {
         }
         BodyFormat::Undecoded => json_string(&String::from_utf8_lossy(body), out),
     }
-}
-
-/// Decoded form fields grouped by name, in order of first appearance.
-pub fn form_fields(body: &[u8]) -> Vec<(String, Vec<String>)> {
-    let mut fields: Vec<(String, Vec<String>)> = Vec::new();
-    for (name, value) in form::parse(body) {
-        let name = form::into_string(name);
-        let value = form::into_string(value);
-        match fields.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, values)) => values.push(value),
-            None => fields.push((name, vec![value])),
-        }
-    }
-    fields
 }
 
 /// Appends `s` as a JSON string.
@@ -129,13 +116,17 @@ pub fn csv_cell<'a>(fields: &'a PayloadFields, field: &str) -> Cow<'a, str> {
             Some(serde_json::Value::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
             Some(v) => Cow::Owned(v.to_string()),
         },
-        PayloadFields::Form(list) => match list.iter().find(|(n, _)| n == field) {
-            None => Cow::Borrowed(""),
-            Some((_, values)) => match values.as_slice() {
-                [one] => Cow::Borrowed(one),
-                many => Cow::Owned(serde_json::Value::from(many.to_vec()).to_string()),
-            },
-        },
+        PayloadFields::Form(form) => {
+            let mut values = form.pairs().filter(|(n, _)| *n == field).map(|(_, v)| v);
+            match (values.next(), values.next()) {
+                (None, _) => Cow::Borrowed(""),
+                (Some(one), None) => Cow::Borrowed(one),
+                (Some(first), Some(second)) => {
+                    let all: Vec<&str> = [first, second].into_iter().chain(values).collect();
+                    Cow::Owned(serde_json::Value::from(all).to_string())
+                }
+            }
+        }
         PayloadFields::None => Cow::Borrowed(""),
     }
 }
@@ -143,7 +134,7 @@ pub fn csv_cell<'a>(fields: &'a PayloadFields, field: &str) -> Cow<'a, str> {
 /// An event's top-level fields, parsed for CSV.
 pub enum PayloadFields {
     Json(serde_json::Map<String, serde_json::Value>),
-    Form(Vec<(String, Vec<String>)>),
+    Form(Form),
     None,
 }
 
@@ -154,7 +145,7 @@ impl PayloadFields {
             BodyFormat::Json => serde_json::from_slice(&ev.body)
                 .map(PayloadFields::Json)
                 .unwrap_or(PayloadFields::None),
-            BodyFormat::Form => PayloadFields::Form(form_fields(&ev.body)),
+            BodyFormat::Form => PayloadFields::Form(Form::decode(&ev.body)),
             BodyFormat::Undecoded => PayloadFields::None,
         }
     }
@@ -163,7 +154,7 @@ impl PayloadFields {
     pub fn names(&self) -> Vec<&str> {
         match self {
             PayloadFields::Json(map) => map.keys().map(String::as_str).collect(),
-            PayloadFields::Form(list) => list.iter().map(|(n, _)| n.as_str()).collect(),
+            PayloadFields::Form(form) => form.grouped().into_iter().map(|(n, _)| n).collect(),
             PayloadFields::None => Vec::new(),
         }
     }
