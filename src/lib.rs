@@ -14,6 +14,7 @@
 //! - [`dedup`]: the writer's in-memory table of recent bodies, for recognising retries.
 //! - [`writer`]: the single writer thread: batch -> one write transaction -> commit -> wake.
 //! - [`wakeup`]: the coroutine that wakes a committed batch's requests inside the runtime.
+//! - [`deadline`]: times out requests whose commit takes longer than `commit_timeout`.
 //! - [`store`]: LMDB environment, databases, key layout, and the read API.
 //! - [`retention`]: what is old enough to delete, pruned a slice at a time.
 //! - [`metrics`]: every counter, named once; Prometheus text.
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod deadline;
 pub mod decode;
 pub mod dedup;
 pub mod event;

@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use socket2::{Domain, Socket, Type};
 
 use crate::config::{Config, Durability, Flags};
+use crate::deadline::Deadlines;
 use crate::metrics::Metrics;
 use crate::route::Hook;
 use crate::store::{self, Store};
@@ -75,6 +76,8 @@ pub struct Shared {
     pub open_connections: AtomicUsize,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Times out requests waiting longer than `commit_timeout` for their commit.
+    pub deadlines: Deadlines,
 }
 
 impl Shared {
@@ -195,6 +198,8 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         cfg.retention.clone(),
     )
     .map_err(|e| Error(format!("cannot start the writer thread: {e}")))?;
+    let deadlines =
+        Deadlines::start().map_err(|e| Error(format!("cannot start the deadline thread: {e}")))?;
 
     let shared = Arc::new(Shared {
         access: RwLock::new(Arc::new(access_of(&cfg, &token))),
@@ -213,6 +218,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         open_connections: AtomicUsize::new(0),
         metrics,
         health: writer.health.clone(),
+        deadlines,
     });
 
     announce(

@@ -72,9 +72,12 @@ pub enum Outcome {
 /// Where the writer leaves a job's outcome and wakes its waiter.
 ///
 /// The waiter parks with `may`'s [`Blocker`], which parks a coroutine without blocking its
-/// worker thread (and parks a plain thread when used outside the runtime, as in tests).
+/// worker thread (and parks a plain thread when used outside the runtime, as in tests). It
+/// parks without a timeout; the commit deadline is kept by [`crate::deadline::Deadlines`].
 pub struct Reply {
     outcome: OnceLock<Outcome>,
+    /// Set by the deadline sweeper: the waiter gives up (unless the outcome came first).
+    timed_out: AtomicBool,
     blocker: Blocker,
 }
 
@@ -83,24 +86,36 @@ impl Reply {
     pub fn new() -> Arc<Reply> {
         Arc::new(Reply {
             outcome: OnceLock::new(),
+            timed_out: AtomicBool::new(false),
             blocker: Blocker::new(false),
         })
     }
 
-    /// Waits for the outcome until `deadline`; `None` when it did not come in time.
-    pub fn wait(&self, deadline: Instant) -> Option<Outcome> {
+    /// Waits for the outcome; `None` when the reply was timed out first (see
+    /// [`crate::deadline`]) or the waiting coroutine was cancelled.
+    pub fn wait(&self) -> Option<Outcome> {
         loop {
             if let Some(o) = self.outcome.get() {
                 return Some(*o);
             }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            if left.is_zero() || self.blocker.park(Some(left)).is_err() {
+            if self.timed_out.load(Ordering::Acquire) || self.blocker.park(None).is_err() {
                 return self.outcome.get().copied();
             }
         }
     }
 
-    fn complete(&self, outcome: Outcome) {
+    /// Whether the outcome is set.
+    pub fn is_settled(&self) -> bool {
+        self.outcome.get().is_some()
+    }
+
+    /// Makes the waiter give up.
+    pub(crate) fn time_out(&self) {
+        self.timed_out.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    pub(crate) fn complete(&self, outcome: Outcome) {
         self.settle(outcome);
         self.wake();
     }
@@ -789,7 +804,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_writer(dir.path(), 16 << 20).unwrap();
         let (writer, queue) = Writer::spawn(store, settings(16)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
         let cases = [
             (job("{\"a\":1}", None), Outcome::Stored(1)),
             (job("{\"a\":1}", None), Outcome::Duplicate(1)),
@@ -799,7 +813,7 @@ mod tests {
         for (j, want) in cases {
             let reply = j.reply.clone();
             queue.submit(j).unwrap();
-            assert_eq!(reply.wait(deadline), Some(want));
+            assert_eq!(reply.wait(), Some(want));
         }
         writer.stop();
         let reader = Store::open_reader(dir.path()).unwrap();
@@ -823,9 +837,10 @@ mod tests {
             })
             .collect();
         writer.stop();
-        let deadline = Instant::now();
+        // Every reply is settled by now: none of these waits parks.
         for r in replies {
-            assert!(matches!(r.wait(deadline), Some(Outcome::Stored(_))));
+            assert!(r.is_settled());
+            assert!(matches!(r.wait(), Some(Outcome::Stored(_))));
         }
         assert_eq!(
             Store::open_reader(dir.path()).unwrap().last_seq().unwrap(),
@@ -840,13 +855,5 @@ mod tests {
         queue.submit(job("{}", None)).unwrap();
         assert_eq!(queue.submit(job("{}", None)).err(), Some(SubmitError::Full));
         assert_eq!(queue.depth(), 1);
-    }
-
-    #[test]
-    fn wait_times_out_without_an_outcome() {
-        let r = Reply::new();
-        assert_eq!(r.wait(Instant::now() + Duration::from_millis(20)), None);
-        r.complete(Outcome::Failed);
-        assert_eq!(r.wait(Instant::now()), Some(Outcome::Failed));
     }
 }
