@@ -49,6 +49,10 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes drained while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
 
+/// Read deadlines of 100 ms and more are kept to this grain (rounded up; see
+/// `Conn::arm_read_timeout`), shorter ones to the millisecond.
+const READ_TIMEOUT_GRAIN: Duration = Duration::from_millis(10);
+
 /// Counts a request from its parsed head until its answer is written (or the connection dies):
 /// shutdown waits for this to reach zero.
 struct InFlight<'a>(&'a AtomicUsize);
@@ -78,8 +82,8 @@ struct Pending<'a> {
 
 enum PendingAnswer {
     Ready(Answer),
-    /// Waiting for the writer, until the deadline.
-    Commit(Arc<Reply>, Instant),
+    /// Waiting for the writer (until `commit_timeout`, see `deadline.rs`).
+    Commit(Arc<Reply>),
 }
 
 /// Result of trying to read more.
@@ -112,6 +116,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         pending: VecDeque::new(),
         json: None,
         route: RouteLabel::Other,
+        read_timeout: None,
     };
     if let End::Close = conn.run() {
         conn.linger();
@@ -128,6 +133,8 @@ struct Conn<'a> {
     /// Where each socket read lands before it is appended to `rbuf`.
     chunk: Box<[u8]>,
     wbuf: Vec<u8>,
+    /// The read timeout set on the socket now (see [`Conn::arm_read_timeout`]).
+    read_timeout: Option<Duration>,
     pending: VecDeque<Pending<'a>>,
     /// Created on the first JSON body, so idle and SMS-only connections do not carry its
     /// buffers.
@@ -299,7 +306,11 @@ impl<'a> Conn<'a> {
             return Ok(head.keep_alive);
         }
         let what = match shared.queue.submit(job) {
-            Ok(()) => PendingAnswer::Commit(reply, Instant::now() + shared.settings.commit_timeout),
+            Ok(()) => {
+                let deadline = Instant::now() + shared.settings.commit_timeout;
+                shared.deadlines.watch(&reply, deadline);
+                PendingAnswer::Commit(reply)
+            }
             Err(SubmitError::Full) => {
                 crate::log::warn_limited(
                     "queue-full",
@@ -411,7 +422,7 @@ impl<'a> Conn<'a> {
         while let Some(p) = self.pending.pop_front() {
             let answer = match p.what {
                 PendingAnswer::Ready(a) => a,
-                PendingAnswer::Commit(reply, deadline) => match reply.wait(deadline) {
+                PendingAnswer::Commit(reply) => match reply.wait() {
                     Some(Outcome::Stored(_)) => Answer::Stored,
                     Some(Outcome::Duplicate(_)) => Answer::Duplicate,
                     Some(Outcome::Quarantined(_)) => Answer::Quarantined,
@@ -445,21 +456,14 @@ impl<'a> Conn<'a> {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return Ok(Fill::Timeout);
             };
-            // Under load the next request is usually there already: read it without arming
-            // the timeout, which is a setsockopt(SO_RCVTIMEO) each time (one system call per
-            // request in `strace -c`). Only a read that would block arms it and waits.
             // Read into a buffer zeroed once per connection, then append: growing `rbuf` by a
             // zeroed chunk per read cost a 16 KiB memset each time (3.7% of worker CPU in a
-            // profile under load).
-            let result = match self.stream.inner().read(&mut self.chunk) {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
-                        return Ok(Fill::Timeout);
-                    }
-                    self.stream.read(&mut self.chunk)
-                }
-                other => other,
-            };
+            // profile under load). `may`'s read tries the socket first and only waits (with
+            // the armed timeout) when nothing is there.
+            if !self.arm_read_timeout(left) {
+                return Ok(Fill::Timeout);
+            }
+            let result = self.stream.read(&mut self.chunk);
             if let Ok(n) = result {
                 self.rbuf.extend_from_slice(&self.chunk[..n]);
             }
@@ -475,6 +479,38 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// Sets the socket's read timeout to `left` rounded up, to whole milliseconds and from
+    /// 100 ms on to tens of milliseconds ([`READ_TIMEOUT_GRAIN`]): a deadline is kept at most
+    /// that late, never early. `false` when less than a millisecond is left (the deadline has
+    /// come) or the socket refused.
+    ///
+    /// Why round: `may` files each timed wait under its exact duration, and a duration it has
+    /// no waiter for costs a new timer list and a wake-up of the worker's event loop (an
+    /// eventfd write and read); changing the timeout is also a `setsockopt`. To the
+    /// nanosecond, both happened for nearly every request; rounded, the waits of a busy
+    /// gateway fall on a few durations that are set once. Why not wait for the rest after an
+    /// early wake-up instead: `may` lost timed waits of under a millisecond armed right after
+    /// another timed wait expired (seen in testing: the wait never ended).
+    fn arm_read_timeout(&mut self, left: Duration) -> bool {
+        let ms = u64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+        if left < Duration::from_millis(1) {
+            return false;
+        }
+        let grain = if ms >= 100 {
+            READ_TIMEOUT_GRAIN.as_millis() as u64
+        } else {
+            1
+        };
+        let wait = Duration::from_millis(ms.div_ceil(grain).saturating_mul(grain));
+        if self.read_timeout != Some(wait) {
+            if self.stream.set_read_timeout(Some(wait)).is_err() {
+                return false;
+            }
+            self.read_timeout = Some(wait);
+        }
+        true
+    }
+
     /// Half-closes and drains what the client still sends, briefly and boundedly, so the
     /// answers just written are not destroyed by a reset.
     fn linger(&mut self) {
@@ -486,7 +522,7 @@ impl<'a> Conn<'a> {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 break;
             };
-            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
+            if !self.arm_read_timeout(left) {
                 break;
             }
             match self.stream.read(&mut buf) {
