@@ -4,6 +4,7 @@ of the box), same machine, same run, same wrk workload.
 
     python3 benches/load/run.py                      # 16/64/256 connections, 10 s each
     python3 benches/load/run.py --conns 64 --seconds 30
+    python3 benches/load/run.py --conns 64 --seconds 600 --idle 1000   # memory target
 
 It builds didgate in release mode, installs wrk and nginx from Debian when missing, starts
 both servers on loopback ports of a temp directory, runs the mixed workload (70% CDR, 20%
@@ -12,6 +13,12 @@ req/s, p50/p99 latency, non-2xx answers, peak RSS, fsyncs (commits) per second, 
 commit, the ratio to nginx, and the check acked <= stored <= sent (no acknowledged event
 missing, nothing stored that was not sent). Every run is bounded by --seconds; the script
 stops both servers itself.
+
+With --idle N, N more keep-alive connections are opened to didgate before the load starts:
+each posts one CDR, then stays open and posts another every 30 s (under the 60 s idle
+timeout), so they stay open through the run. The RSS columns then show the memory target's
+case, and "RSS over the run" shows whether memory is flat: the anonymous RSS at the end of each
+quarter of the run.
 """
 
 import argparse
@@ -70,11 +77,13 @@ def wrk(port, conns, seconds, token, run_id):
 
 
 class Sampler(threading.Thread):
-    """Peak resident memory of a process, sampled every 200 ms."""
+    """Peak resident memory of a process, sampled every 200 ms, and each sample's anonymous
+    part with its time."""
 
     def __init__(self, pid):
         super().__init__(daemon=True)
         self.pid, self.peak_kib, self.peak_anon_kib, self.stop = pid, 0, 0, False
+        self.samples = []
 
     def run(self):
         while not self.stop:
@@ -85,14 +94,65 @@ class Sampler(threading.Thread):
                 anon = int(re.search(r"RssAnon:\s+(\d+)", text).group(1))
                 self.peak_kib = max(self.peak_kib, rss)
                 self.peak_anon_kib = max(self.peak_anon_kib, anon)
+                self.samples.append((time.monotonic(), anon))
             except (OSError, AttributeError):
                 pass
             time.sleep(0.2)
 
 
+IDLE_REPOST_SECONDS = 30
+
+
+class IdleConnections(threading.Thread):
+    """N keep-alive connections that each post one CDR, then one more every
+    IDLE_REPOST_SECONDS until stopped. Counts what they sent and what was acknowledged."""
+
+    def __init__(self, port, token, count, run_id):
+        super().__init__(daemon=True)
+        self.port, self.token, self.count, self.run_id = port, token, count, run_id
+        self.sent = self.acked = 0
+        self.stop = threading.Event()
+        self.socks = []
+
+    def post(self, i, sock):
+        self.sent += 1
+        body = ('{"event":"cdr","callid":"%s-idle-%d-%d","duration":9,"billsec":7}'
+                % (self.run_id, i, self.sent)).encode()
+        head = (f"POST /hooks/{self.token}/cdr HTTP/1.1\r\nHost: bench\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        sock.sendall(head.encode() + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise OSError("closed")
+            answer += chunk
+        if answer.startswith(b"HTTP/1.1 2"):
+            self.acked += 1
+
+    def open_all(self):
+        for i in range(self.count):
+            sock = socket.create_connection(("127.0.0.1", self.port))
+            sock.settimeout(15)
+            self.post(i, sock)
+            self.socks.append(sock)
+
+    def run(self):
+        while not self.stop.wait(IDLE_REPOST_SECONDS):
+            for i, sock in enumerate(self.socks):
+                self.post(i, sock)
+
+    def close(self):
+        self.stop.set()
+        self.join(timeout=60)
+        for sock in self.socks:
+            sock.close()
+
+
 def start_didgate(data, port, token):
+    # The admin listener on a free port too, so a gateway already running here is no obstacle.
     proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data", data,
-                             "--token", token],
+                             "--token", token, "--admin-listen", f"127.0.0.1:{free_port()}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith("didgate: cdr"):
@@ -122,6 +182,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conns", default="16,64,256", help="comma-separated connection counts")
     ap.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
+    ap.add_argument("--idle", type=int, default=0,
+                    help="extra keep-alive connections held open during each didgate run")
     args = ap.parse_args()
     conns = [int(c) for c in args.conns.split(",")]
 
@@ -153,22 +215,37 @@ http {{
             before = stored_events(data)
             sampler = Sampler(proc.pid)
             sampler.start()
+            idle = IdleConnections(didgate_port, token, args.idle, f"i{c}-{time.time()}")
+            idle.open_all()
+            idle.start()
+            load_started = time.monotonic()
             ours = wrk(didgate_port, c, args.seconds, token, f"d{c}-{time.time()}")
+            idle.close()
             sampler.stop = True
+            sampler.join()
             commits, events = stop_didgate(proc)
             stored = stored_events(data) - before
-            ok = ours["acked"] <= stored <= ours["sent"] and ours["other"] == 0
-            rows.append((c, base, ours, sampler, commits, events, stored, ok))
+            sent, acked = ours["sent"] + idle.sent, ours["acked"] + idle.acked
+            ok = acked <= stored <= sent and ours["other"] == 0
+            quarters = []
+            for q in (1, 2, 3, 4):
+                until = load_started + args.seconds * q / 4
+                during = [anon for t, anon in sampler.samples if load_started <= t <= until]
+                quarters.append(f"{during[-1] / 1024:.1f}" if during else "-")
+            rows.append((c, base, ours, sampler, commits, events, stored, ok, quarters,
+                         (sent, acked)))
     finally:
         nginx.terminate()
         nginx.wait(timeout=10)
 
-    print(f"\nmixed workload, {args.seconds} s per run, wrk -t2 on the same 2 cores\n")
+    print(f"\nmixed workload, {args.seconds} s per run, wrk -t2 on the same 2 cores"
+          + (f", plus {args.idle} idle keep-alive connections to didgate" if args.idle else "")
+          + "\n")
     print("| conns | server | req/s | p50 ms | p99 ms | non-2xx | peak RSS MiB (anon) "
           "| fsyncs/s | events/commit | vs nginx | sent / acked / stored |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     all_ok = True
-    for c, base, ours, sampler, commits, events, stored, ok in rows:
+    for c, base, ours, sampler, commits, events, stored, ok, _, (sent, acked) in rows:
         all_ok &= ok
         print(f"| {c} | nginx return 200 | {base['rps']:.0f} | {base['p50']:.2f} | "
               f"{base['p99']:.2f} | {base['other']} | | | | 1.00 | |")
@@ -177,7 +254,10 @@ http {{
               f"{ours['p99']:.2f} | {ours['other']} | {sampler.peak_kib / 1024:.0f} "
               f"({sampler.peak_anon_kib / 1024:.0f}) | {commits / args.seconds:.0f} | "
               f"{per_commit:.1f} | {ours['rps'] / base['rps']:.2f} | "
-              f"{ours['sent']} / {ours['acked']} / {stored} {'ok' if ok else 'MISMATCH'} |")
+              f"{sent} / {acked} / {stored} {'ok' if ok else 'MISMATCH'} |")
+    print("\nanonymous RSS (MiB) at the end of each quarter of the didgate run:")
+    for c, *_, quarters, _ in rows:
+        print(f"  {c} conns: " + " / ".join(quarters))
     shutil.rmtree(work, ignore_errors=True)
     if not all_ok:
         sys.exit("stored/acknowledged check failed")
