@@ -101,20 +101,8 @@ fn the_dedup_table_forgets_beyond_its_size_and_calls_are_found_across_blocks() {
     let total = 3000;
     // Pipelined on one connection, 100 at a time: quick, and batches of many events.
     let mut c = s.connect();
-    for chunk in (0..total).collect::<Vec<_>>().chunks(100) {
-        let mut raw = Vec::new();
-        for i in chunk {
-            raw.extend(request(
-                &s.path("cdr"),
-                JSON,
-                cdr(&format!("t-{i}")).as_bytes(),
-                "",
-            ));
-        }
-        c.send(&raw);
-        for _ in chunk {
-            assert_eq!(c.response().status, 200);
-        }
+    for start in (0..total).step_by(100) {
+        s.post_cdrs_pipelined(&mut c, (start..start + 100).map(|i| format!("t-{i}")));
     }
     // The newest 1,024 are remembered; the first ones (2,000+ events back) are not.
     assert_eq!(s.post("cdr", JSON, &cdr("t-2999")).body, "duplicate\n");

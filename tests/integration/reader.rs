@@ -175,19 +175,7 @@ fn a_closed_pipe_is_not_an_error() {
     let s = Server::start(&data, &[]);
     // Enough output to overflow a pipe buffer, posted pipelined on one connection.
     let mut c = s.connect();
-    let mut burst = Vec::new();
-    for i in 0..800 {
-        burst.extend(request(
-            &s.path("cdr"),
-            JSON,
-            cdr(&format!("pipe-{i}")).as_bytes(),
-            "",
-        ));
-    }
-    c.send(&burst);
-    for _ in 0..800 {
-        assert_eq!(c.response().status, 200);
-    }
+    s.post_cdrs_pipelined(&mut c, (0..800).map(|i| format!("pipe-{i}")));
     let mut child = Command::new(BIN)
         .args(["export", "--data"])
         .arg(&data)

@@ -153,6 +153,26 @@ impl Server {
         Conn::open(self.addr)
     }
 
+    /// Posts a CDR for each callid, pipelined on `c` (all sent, then every answer read), and
+    /// asserts each was answered 200.
+    pub fn post_cdrs_pipelined(&self, c: &mut Conn, callids: impl IntoIterator<Item = String>) {
+        let mut raw = Vec::new();
+        let mut sent = 0;
+        for callid in callids {
+            raw.extend(request(
+                &self.path("cdr"),
+                JSON,
+                cdr(&callid).as_bytes(),
+                "",
+            ));
+            sent += 1;
+        }
+        c.send(&raw);
+        for _ in 0..sent {
+            assert_eq!(c.response().status, 200);
+        }
+    }
+
     /// Sends raw bytes on a fresh connection and returns every response until the server
     /// closes (or `PATIENCE` passes).
     pub fn exchange(&self, raw: &[u8]) -> (Vec<Response>, bool) {
