@@ -151,6 +151,9 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// Buffer for reading `/proc/self/maps` in [`Store::release_mapped_pages`].
+const MAPS_READ_BYTES: usize = 8 * 1024;
+
 /// One event as the reader tool gets it: copied out of its read transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -715,6 +718,71 @@ impl Store {
     /// The sync failed (an I/O error).
     pub fn sync(&self) -> Result<()> {
         Ok(self.env.sync(true)?)
+    }
+
+    /// Drops this process's mapping of the data file's pages. They stay in the page cache and
+    /// on disk; the next access maps a page again from the cache, with the same contents.
+    ///
+    /// Why: every page a commit reads through the map (the right edge of each B-tree, new at
+    /// each commit) stays mapped, so the resident size the operator sees (`VmRSS`, `top`) grew
+    /// with the data written: 3 GiB after 10 minutes of load, all of it reclaimable page cache,
+    /// none of it the gateway's own memory. Called every housekeeping interval, it bounds the
+    /// mapped part to what was touched since.
+    ///
+    /// # Errors
+    /// The mapping could not be looked up, or `madvise` failed.
+    pub fn release_mapped_pages(&self) -> Result<()> {
+        // LMDB does not say where it mapped the file (`me_mapaddr` is only set with
+        // MDB_FIXEDMAP), so the mapping is looked up by name, each time: the writer thread,
+        // which calls this, is the only one that can make LMDB map the file elsewhere
+        // (`grow_map`), so the ranges read here are still the file's when advised.
+        let file = std::fs::canonicalize(self.path.join("data.mdb")).map_err(Error::Io)?;
+        let suffix = format!(" {}", file.display());
+        // Line by line through a small buffer: with a thousand connections the table is
+        // ~150 KB, and reading it whole each second kept ~4 MiB more of heap resident.
+        let maps = std::fs::File::open("/proc/self/maps").map_err(Error::Io)?;
+        let mut maps = std::io::BufReader::with_capacity(MAPS_READ_BYTES, maps);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if std::io::BufRead::read_line(&mut maps, &mut line).map_err(Error::Io)? == 0 {
+                return Ok(());
+            }
+            let line = line.trim_end();
+            if !line.ends_with(&suffix) {
+                continue;
+            }
+            // "start-end perms offset dev inode path"; only LMDB's read-only shared map.
+            let mut fields = line.split_whitespace();
+            let (Some(range), Some("r--s")) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let Some((start, end)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) else {
+                continue;
+            };
+            // SAFETY: [start, end) is a read-only shared mapping of data.mdb (this store never
+            // opens with MDB_WRITEMAP, so no write goes through it), as the kernel listed it
+            // just now; see above for why it is still that mapping. MADV_DONTNEED on a shared
+            // file mapping only removes this process's page-table entries: a later read
+            // faults the page back in from the page cache with the same contents, so a
+            // transaction reading concurrently sees no difference.
+            let rc = unsafe {
+                libc::madvise(
+                    start as *mut libc::c_void,
+                    end.saturating_sub(start),
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if rc != 0 {
+                return Err(Error::Io(std::io::Error::last_os_error()));
+            }
+        }
     }
 
     /// Frees reader slots held by processes that died (`mdb_reader_check`); returns how many.
@@ -1476,6 +1544,46 @@ mod tests {
 
     fn add(w: &mut WriteTxn<'_>, ev: &Event) -> u64 {
         w.append_event(ev, body_hash(&ev.body)).unwrap()
+    }
+
+    /// Resident kilobytes of this process's mappings of `dir`'s data file.
+    fn mapped_kib(dir: &Path) -> u64 {
+        let file = std::fs::canonicalize(dir.join("data.mdb")).unwrap();
+        let suffix = format!(" {}", file.display());
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut total = 0;
+        let mut ours = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
+                // A mapping's header line; its properties follow.
+                ours = line.ends_with(&suffix);
+            } else if ours && let Some(kib) = line.strip_prefix("Rss:") {
+                total += kib.trim().trim_end_matches(" kB").parse::<u64>().unwrap();
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn mapped_pages_are_released_and_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(3000));
+        let mut w = store.begin_write(1_000).unwrap();
+        for _ in 0..200 {
+            add(&mut w, &event("cdr", &body, None));
+        }
+        w.commit().unwrap();
+        let before = store.scan_forward(0, 1000, |_| true).unwrap().events;
+        assert_eq!(before.len(), 200);
+        assert!(mapped_kib(dir.path()) >= 400, "reading maps the pages");
+        store.release_mapped_pages().unwrap();
+        assert_eq!(mapped_kib(dir.path()), 0);
+        assert_eq!(
+            store.scan_forward(0, 1000, |_| true).unwrap().events,
+            before
+        );
     }
 
     #[test]

@@ -34,6 +34,13 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 /// How often free disk space and map usage are checked.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often this process's mapping of the data file is released (`Store::release_mapped_pages`):
+/// under load the pages a commit reads through the map are new each time, about 13 MB/s at
+/// 40k events/s, and stay in the resident size until released. One release reads
+/// `/proc/self/maps` (a line per connection): 2.5 ms of the writer's time with a thousand
+/// connections open, measured under strace, which inflates it.
+pub const MAP_RELEASE_INTERVAL: Duration = Duration::from_millis(250);
+
 /// How often reader slots of dead reader processes are cleared.
 pub const READER_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -507,6 +514,7 @@ struct Housekeeping {
     dirty: bool,
     last_sync: Instant,
     last_check: Option<Instant>,
+    last_map_release: Instant,
     last_reader_check: Instant,
     next_prune: Instant,
     prune_cursor: retention::Cursor,
@@ -526,6 +534,7 @@ impl Housekeeping {
             dirty: false,
             last_sync: now,
             last_check: None,
+            last_map_release: now,
             last_reader_check: now,
             next_prune: now,
             prune_cursor: retention::Cursor::default(),
@@ -550,6 +559,15 @@ impl Housekeeping {
             self.last_check = Some(now);
             self.check_disk(store, ctx);
             self.ensure_room(store, ctx, 0);
+        }
+        if now.duration_since(self.last_map_release) >= MAP_RELEASE_INTERVAL {
+            self.last_map_release = now;
+            if let Err(e) = store.release_mapped_pages() {
+                crate::log::warn_limited(
+                    "map-release",
+                    format_args!("cannot release mapped pages of the store: {e}"),
+                );
+            }
         }
         if now.duration_since(self.last_reader_check) >= READER_CHECK_INTERVAL {
             self.last_reader_check = now;

@@ -17,8 +17,9 @@ stops both servers itself.
 With --idle N, N more keep-alive connections are opened to didgate before the load starts:
 each posts one CDR, then stays open and posts another every 30 s (under the 60 s idle
 timeout), so they stay open through the run. The RSS columns then show the memory target's
-case, and "RSS over the run" shows whether memory is flat: the anonymous RSS at the end of each
-quarter of the run.
+case, and the last lines show whether memory is flat: the RSS at the end of each quarter of
+the run (total, and the anonymous part: the total also counts pages of the data file mapped
+by LMDB, page cache that the gateway releases every second).
 """
 
 import argparse
@@ -94,7 +95,7 @@ class Sampler(threading.Thread):
                 anon = int(re.search(r"RssAnon:\s+(\d+)", text).group(1))
                 self.peak_kib = max(self.peak_kib, rss)
                 self.peak_anon_kib = max(self.peak_anon_kib, anon)
-                self.samples.append((time.monotonic(), anon))
+                self.samples.append((time.monotonic(), rss, anon))
             except (OSError, AttributeError):
                 pass
             time.sleep(0.2)
@@ -230,8 +231,10 @@ http {{
             quarters = []
             for q in (1, 2, 3, 4):
                 until = load_started + args.seconds * q / 4
-                during = [anon for t, anon in sampler.samples if load_started <= t <= until]
-                quarters.append(f"{during[-1] / 1024:.1f}" if during else "-")
+                during = [(rss, anon) for t, rss, anon in sampler.samples
+                          if load_started <= t <= until]
+                quarters.append(f"{during[-1][0] / 1024:.0f} ({during[-1][1] / 1024:.1f})"
+                                if during else "-")
             rows.append((c, base, ours, sampler, commits, events, stored, ok, quarters,
                          (sent, acked)))
     finally:
@@ -255,7 +258,7 @@ http {{
               f"({sampler.peak_anon_kib / 1024:.0f}) | {commits / args.seconds:.0f} | "
               f"{per_commit:.1f} | {ours['rps'] / base['rps']:.2f} | "
               f"{sent} / {acked} / {stored} {'ok' if ok else 'MISMATCH'} |")
-    print("\nanonymous RSS (MiB) at the end of each quarter of the didgate run:")
+    print("\nRSS MiB (anonymous) at the end of each quarter of the didgate run:")
     for c, *_, quarters, _ in rows:
         print(f"  {c} conns: " + " / ".join(quarters))
     shutil.rmtree(work, ignore_errors=True)
