@@ -119,16 +119,7 @@ fn the_dedup_table_forgets_beyond_its_size_and_calls_are_found_across_blocks() {
         ("t-1500", vec![1501]),
         ("t-2990", vec![2991]),
     ] {
-        let out = read_ok(&data, &["get", id]);
-        let got: Vec<u64> = out
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(got, seqs, "{id}");
+        assert_eq!(seqs_of(&read_ok(&data, &["get", id])), seqs, "{id}");
     }
     let out = cli(&["get", "t-3000", "--data", data.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "no such call");

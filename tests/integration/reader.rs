@@ -24,16 +24,7 @@ fn seeded() -> (tempfile::TempDir, std::path::PathBuf, Server) {
 #[test]
 fn tail_last_n_and_kind_filter() {
     let (_tmp, data, _s) = seeded();
-    let two = read_ok(&data, &["tail", "-n", "2"]);
-    let seqs: Vec<u64> = two
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(seqs, [3, 4]);
+    assert_eq!(seqs_of(&read_ok(&data, &["tail", "-n", "2"])), [3, 4]);
     let sms = read_ok(&data, &["tail", "--kind", "sms"]);
     assert_eq!(sms.lines().count(), 2);
     let last: serde_json::Value = serde_json::from_str(sms.lines().last().unwrap()).unwrap();

@@ -451,6 +451,18 @@ pub fn read_ok(data: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The `seq` of each JSON line the reader printed, in order.
+pub fn seqs_of(lines: &str) -> Vec<u64> {
+    lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// `didgate export` on `data` as parsed JSON lines.
 pub fn export(data: &Path) -> Vec<serde_json::Value> {
     read_ok(data, &["export"])
