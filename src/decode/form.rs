@@ -172,11 +172,8 @@ pub fn parse(input: &[u8]) -> impl Iterator<Item = (Cow<'_, [u8]>, Cow<'_, [u8]>
     })
 }
 
-/// Step 4 then percent-decoding of one name or value. Borrows when there is nothing to decode.
-pub fn decode_component(input: &[u8]) -> Cow<'_, [u8]> {
-    component(input, needs_work(input))
-}
-
+/// Step 4 then percent-decoding of one name or value (`work`: it has a `+` or `%`, as `split`
+/// found). Borrows when there is nothing to decode.
 fn component(input: &[u8], work: bool) -> Cow<'_, [u8]> {
     if work {
         let mut out = Vec::with_capacity(input.len());
@@ -185,14 +182,6 @@ fn component(input: &[u8], work: bool) -> Cow<'_, [u8]> {
     } else {
         Cow::Borrowed(input)
     }
-}
-
-/// Whether a component has a `+` or `%`. Written as a branch-free reduction so the compiler
-/// checks many bytes per instruction.
-fn needs_work(input: &[u8]) -> bool {
-    input
-        .iter()
-        .fold(false, |found, &b| found | (b == b'+') | (b == b'%'))
 }
 
 /// Decodes a component that needs work: the runs between `%` escapes are copied with `+`
