@@ -29,7 +29,7 @@
 //! read API here opens one per call and copies what it returns: no reader holds a transaction
 //! while it waits on output.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -149,10 +149,20 @@ pub struct Store {
     next_event: Cell<u64>,
     next_quarantine: Cell<u64>,
     path: PathBuf,
+    /// How `/proc/self/maps` names the data file (see [`Store::release_mapped_pages`]),
+    /// resolved on first use.
+    map_suffix: OnceCell<String>,
 }
 
 /// Buffer for reading `/proc/self/maps` in [`Store::release_mapped_pages`].
 const MAPS_READ_BYTES: usize = 8 * 1024;
+
+/// How the kernel ends a `/proc/self/maps` (or `smaps`) line that maps the data file in
+/// `dir`: a space, then its canonical path. The path is fixed for a store's life.
+fn map_line_suffix(dir: &Path) -> std::io::Result<String> {
+    let file = std::fs::canonicalize(dir.join("data.mdb"))?;
+    Ok(format!(" {}", file.display()))
+}
 
 /// One event as the reader tool gets it: copied out of its read transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -299,6 +309,7 @@ impl Store {
             next_event: Cell::new(0),
             next_quarantine: Cell::new(0),
             path: dir.to_path_buf(),
+            map_suffix: OnceCell::new(),
         };
         {
             let txn = store.env.begin_ro_txn()?;
@@ -371,6 +382,7 @@ impl Store {
             next_event: Cell::new(0),
             next_quarantine: Cell::new(0),
             path: dir.to_path_buf(),
+            map_suffix: OnceCell::new(),
         };
         Ok(store)
     }
@@ -726,8 +738,8 @@ impl Store {
     /// Why: every page a commit reads through the map (the right edge of each B-tree, new at
     /// each commit) stays mapped, so the resident size the operator sees (`VmRSS`, `top`) grew
     /// with the data written: 3 GiB after 10 minutes of load, all of it reclaimable page cache,
-    /// none of it the gateway's own memory. Called every housekeeping interval, it bounds the
-    /// mapped part to what was touched since.
+    /// none of it the gateway's own memory. Called every `writer::MAP_RELEASE_INTERVAL`, it
+    /// bounds the mapped part to what was touched since.
     ///
     /// # Errors
     /// The mapping could not be looked up, or `madvise` failed.
@@ -736,8 +748,13 @@ impl Store {
         // MDB_FIXEDMAP), so the mapping is looked up by name, each time: the writer thread,
         // which calls this, is the only one that can make LMDB map the file elsewhere
         // (`grow_map`), so the ranges read here are still the file's when advised.
-        let file = std::fs::canonicalize(self.path.join("data.mdb")).map_err(Error::Io)?;
-        let suffix = format!(" {}", file.display());
+        let suffix = match self.map_suffix.get() {
+            Some(s) => s,
+            None => {
+                let s = map_line_suffix(&self.path).map_err(Error::Io)?;
+                self.map_suffix.get_or_init(|| s)
+            }
+        };
         // Line by line through a small buffer: with a thousand connections the table is
         // ~150 KB, and reading it whole each second kept ~4 MiB more of heap resident.
         let maps = std::fs::File::open("/proc/self/maps").map_err(Error::Io)?;
@@ -749,7 +766,7 @@ impl Store {
                 return Ok(());
             }
             let line = line.trim_end();
-            if !line.ends_with(&suffix) {
+            if !line.ends_with(suffix.as_str()) {
                 continue;
             }
             // "start-end perms offset dev inode path"; only LMDB's read-only shared map.
@@ -1548,8 +1565,7 @@ mod tests {
 
     /// Resident kilobytes of this process's mappings of `dir`'s data file.
     fn mapped_kib(dir: &Path) -> u64 {
-        let file = std::fs::canonicalize(dir.join("data.mdb")).unwrap();
-        let suffix = format!(" {}", file.display());
+        let suffix = map_line_suffix(dir).unwrap();
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut total = 0;
         let mut ours = false;
