@@ -118,6 +118,7 @@ pub struct Metrics {
     pub map_bytes: AtomicU64,
     pub map_max_bytes: AtomicU64,
     pub disk_free_bytes: AtomicU64,
+    pub file_headroom_bytes: AtomicU64,
     /// Milliseconds since the epoch of the writer's last loop pass (idle ticks included).
     pub writer_heartbeat_ms: AtomicU64,
     /// Milliseconds since the epoch of the last successful commit.
@@ -147,6 +148,7 @@ impl Default for Metrics {
             map_bytes: AtomicU64::new(0),
             map_max_bytes: AtomicU64::new(0),
             disk_free_bytes: AtomicU64::new(0),
+            file_headroom_bytes: AtomicU64::new(0),
             writer_heartbeat_ms: AtomicU64::new(0),
             last_commit_ms: AtomicU64::new(0),
             dedup_memory_bytes: AtomicU64::new(0),
@@ -327,7 +329,7 @@ impl Metrics {
         );
         self.batch_events
             .render(&mut o, "didgate_batch_events", "Events per commit.");
-        let gauges: [(&str, &str, u64); 10] = [
+        let gauges: [(&str, &str, u64); 11] = [
             (
                 "didgate_queue_depth",
                 "Events waiting for the writer.",
@@ -357,6 +359,11 @@ impl Metrics {
                 "didgate_disk_free_bytes",
                 "Free bytes on the data directory's filesystem.",
                 load(&self.disk_free_bytes),
+            ),
+            (
+                "didgate_file_headroom_bytes",
+                "Zero-filled bytes of the data file past the data, ready for commits.",
+                load(&self.file_headroom_bytes),
             ),
             (
                 "didgate_last_commit_timestamp_seconds",

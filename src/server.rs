@@ -193,6 +193,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
             },
             min_free_disk_bytes: cfg.min_free_disk_bytes,
             max_map_bytes: cfg.max_map_size_bytes,
+            file_headroom_bytes: cfg.file_headroom_bytes,
         },
         metrics.clone(),
         cfg.retention.clone(),
