@@ -521,6 +521,10 @@ fn load_recent(store: &Store, ctx: &Ctx) -> Recent {
              will not be recognised"
         ));
     }
+    // The walk mapped the digests' pages and, through the kernel's fault-around, the cached
+    // pages beside them: 52 MiB of a 76 MB store, measured. Released now rather than at the
+    // first housekeeping pass, so the resident size never shows it.
+    let _ = store.release_mapped_pages();
     ctx.metrics
         .dedup_memory_bytes
         .store(recent.memory_bytes() as u64, Ordering::Relaxed);
