@@ -421,6 +421,7 @@ impl Store {
             day: timestamp::day_of_ms(stored_at_ms),
             counts: BTreeMap::new(),
             touched_blocks: BTreeSet::new(),
+            appended: Vec::new(),
             scratch: Vec::new(),
         })
     }
@@ -1090,6 +1091,10 @@ pub struct WriteTxn<'s> {
     counts: BTreeMap<Vec<u8>, i64>,
     /// Call blocks that lost events: deleted at commit if nothing of them is left.
     touched_blocks: BTreeSet<u64>,
+    /// Events appended per kind (a batch has a handful of kinds), folded into the `events/K`
+    /// and `day/D/K` counters at commit: two formatted keys and map updates per batch and kind
+    /// instead of per event.
+    appended: Vec<(String, i64)>,
     scratch: Vec<u8>,
 }
 
@@ -1144,8 +1149,10 @@ impl WriteTxn<'_> {
         };
         self.txn
             .put(dbs.digests, &key, &&digest[..len], WriteFlags::APPEND)?;
-        self.bump(format!("events/{}", ev.kind));
-        self.bump(format!("day/{}/{}", self.day, ev.kind));
+        match self.appended.iter_mut().find(|(kind, _)| *kind == ev.kind) {
+            Some((_, n)) => *n += 1,
+            None => self.appended.push((ev.kind.clone(), 1)),
+        }
         self.next_event += 1;
         Ok(seq)
     }
@@ -1255,6 +1262,16 @@ impl WriteTxn<'_> {
     /// LMDB errors; nothing of the batch is then stored.
     pub fn commit(mut self) -> Result<()> {
         let db = self.store.dbs.counts;
+        for (kind, n) in std::mem::take(&mut self.appended) {
+            *self
+                .counts
+                .entry(format!("events/{kind}").into_bytes())
+                .or_insert(0) += n;
+            *self
+                .counts
+                .entry(format!("day/{}/{kind}", self.day).into_bytes())
+                .or_insert(0) += n;
+        }
         for (key, delta) in std::mem::take(&mut self.counts) {
             let old = match self.txn.get(db, &key) {
                 Ok(v) => v.try_into().map(u64::from_be_bytes).unwrap_or(0),
