@@ -154,6 +154,10 @@ pub struct Store {
     map_suffix: OnceCell<String>,
 }
 
+/// While [`Store::recent_digests`] walks back, the pages it mapped are released after this
+/// many digests (about 100 digests pages).
+const RELEASE_EVERY_DIGESTS: usize = 16_384;
+
 /// Buffer for reading `/proc/self/maps` in [`Store::release_mapped_pages`].
 const MAPS_READ_BYTES: usize = 8 * 1024;
 
@@ -625,6 +629,12 @@ impl Store {
             if let Some(hash) = digest_body(v) {
                 visit(key_seq(k), hash);
                 seen += 1;
+                if seen % RELEASE_EVERY_DIGESTS == 0 {
+                    // The walk maps each digests page and, through the kernel's fault-around,
+                    // the cached pages beside it (events pages, as both trees grow together):
+                    // 52 MiB for 196,608 digests, measured. Released as it goes.
+                    let _ = self.release_mapped_pages();
+                }
             }
             item = cursor_get(&cursor, None, lmdb_sys::MDB_PREV)?;
         }
