@@ -618,6 +618,16 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(c.commit_timeout, DEFAULT_COMMIT_TIMEOUT);
+        assert_eq!(c.file_headroom_bytes, DEFAULT_FILE_HEADROOM_BYTES);
+        assert_eq!(c.workers, default_workers());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.workers, (cores - 1).max(1));
+        assert_eq!(
+            parse("file_headroom_bytes = 0")
+                .unwrap()
+                .file_headroom_bytes,
+            0
+        );
     }
 
     #[test]
@@ -647,6 +657,8 @@ mod tests {
             ("admin_listen = \"localhost\"", "admin_listen"),
             ("durability = \"sometimes\"", "durability"),
             ("retention_days = { cdr = 0 }", "retention_days"),
+            ("file_headroom_bytes = 1099511627777", "file_headroom_bytes"),
+            ("workers = 0", "workers"),
             (
                 "map_size_bytes = 4294967296\nmax_map_size_bytes = 1048576",
                 "max_map_size_bytes",
