@@ -78,7 +78,7 @@ def wrk(port, conns, seconds, token, run_id):
 
 
 class Sampler(threading.Thread):
-    """Peak resident memory of a process, sampled every 200 ms, and each sample's anonymous
+    """Peak resident memory of a process, sampled every 50 ms, and each sample's anonymous
     part with its time."""
 
     def __init__(self, pid):
@@ -98,7 +98,7 @@ class Sampler(threading.Thread):
                 self.samples.append((time.monotonic(), rss, anon))
             except (OSError, AttributeError):
                 pass
-            time.sleep(0.2)
+            time.sleep(0.05)
 
 
 IDLE_REPOST_SECONDS = 30
