@@ -735,6 +735,12 @@ impl Housekeeping {
         if want == 0 || self.fill_paused_until.is_some_and(|t| Instant::now() < t) {
             return false;
         }
+        if idle() {
+            // The sizes looked up before the last batch do not count that batch's pages.
+            if let Ok(space) = store.space() {
+                self.space = space;
+            }
+        }
         let floor =
             (ctx.settings.min_free_disk_bytes as f64 * DISK_HYSTERESIS) as u64 + HEADROOM_STEP;
         let mut flushed = false;
