@@ -547,10 +547,9 @@ struct Housekeeping {
     last_reader_check: Instant,
     next_prune: Instant,
     prune_cursor: retention::Cursor,
-    /// The map size set on the environment now.
-    map_bytes: u64,
     last_reach: Option<Instant>,
-    /// Map and file sizes as last looked up (before every batch).
+    /// Map and file sizes as last looked up (before every batch); `map_bytes` is also kept
+    /// current when this writer grows the map.
     space: store::SpaceInfo,
     /// Free bytes on the data filesystem as last looked up; `None` when unknown.
     disk_free: Option<u64>,
@@ -560,7 +559,6 @@ struct Housekeeping {
 
 impl Housekeeping {
     fn new(store: &Store, ctx: &Ctx) -> Housekeeping {
-        let map_bytes = store.map_usage().map_or(0, |(_, map)| map);
         ctx.metrics
             .map_max_bytes
             .store(ctx.settings.max_map_bytes, Ordering::Relaxed);
@@ -574,10 +572,10 @@ impl Housekeeping {
             last_reader_check: now,
             next_prune: now,
             prune_cursor: retention::Cursor::default(),
-            map_bytes,
             last_reach: None,
+            // `space` fails only when the map's size cannot be read either.
             space: store.space().unwrap_or(store::SpaceInfo {
-                map_bytes,
+                map_bytes: 0,
                 used_bytes: 0,
                 file_bytes: 0,
             }),
@@ -710,7 +708,6 @@ impl Housekeeping {
         };
         self.space = space;
         self.publish_headroom(ctx);
-        self.map_bytes = space.map_bytes;
         ctx.metrics
             .db_used_bytes
             .store(space.used_bytes, Ordering::Relaxed);
@@ -787,7 +784,7 @@ impl Housekeeping {
     /// Doubles the map, up to the maximum. Returns whether it grew.
     fn grow(&mut self, store: &Store, ctx: &Ctx) -> bool {
         let max = ctx.settings.max_map_bytes;
-        if self.map_bytes >= max {
+        if self.space.map_bytes >= max {
             crate::log::warn_limited(
                 "map-max",
                 format_args!(
@@ -796,14 +793,14 @@ impl Housekeeping {
             );
             return false;
         }
-        let target = self.map_bytes.saturating_mul(2).clamp(1 << 20, max);
+        let target = self.space.map_bytes.saturating_mul(2).clamp(1 << 20, max);
         match store.grow_map(target) {
             Ok(()) => {
                 crate::log::info(format_args!(
                     "grew the LMDB map from {} to {target} bytes",
-                    self.map_bytes
+                    self.space.map_bytes
                 ));
-                self.map_bytes = target;
+                self.space.map_bytes = target;
                 ctx.metrics.map_bytes.store(target, Ordering::Relaxed);
                 true
             }
