@@ -4,9 +4,9 @@
 //! and the table insert; complete call blocks are written inside the commits that finish them.
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use didgate::dedup::Recent;
 use didgate::event::{BodyFormat, Event};
 use didgate::store::{Store, body_hash};
+use didgate::writer::dedup::Recent;
 
 fn event(i: u64) -> Event {
     let callid = format!("bench-{i}");

@@ -8,7 +8,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 /// The allocator the gateway runs with, so allocation costs are the product's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use didgate::http::{Limits, parse_head};
+use didgate::ingest::http::{Limits, parse_head};
 
 /// A webhook request head as a typical HTTP client library sends it.
 const HEAD: &[u8] = b"POST /hooks/74703ce1724f5341b10ba3be617aced7b7f73aa5adf20259/cdr HTTP/1.1\r\nHost: gw.example.com:8080\r\nUser-Agent: didlogic-webhooks/1.0\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\nContent-Type: application/json\r\nContent-Length: 214\r\nConnection: keep-alive\r\n\r\n";

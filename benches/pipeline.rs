@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use didgate::decode::{self, Decoded, JsonDecoder};
 use didgate::event::Event;
-use didgate::route::Hook;
+use didgate::ingest::decode::{self, Decoded, JsonDecoder};
+use didgate::ingest::route::Hook;
 use didgate::store::Store;
 use didgate::writer::{self, Job, Outcome, Reply, Writer};
 

@@ -13,9 +13,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::http::{self, HEADER_SLOTS};
-use crate::log::Level;
-use crate::retention::Policy;
+use crate::ingest::http::{self, HEADER_SLOTS};
+use crate::ops::log::Level;
+use crate::writer::retention::Policy;
 
 /// Listen address: all interfaces, port 8080 (unprivileged; see `docs/` for port 80/443).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -566,7 +566,7 @@ impl Config {
             max_json_depth: in_range(
                 "max_json_depth",
                 f.max_json_depth,
-                crate::decode::json::MAX_JSON_DEPTH,
+                crate::ingest::decode::json::MAX_JSON_DEPTH,
                 1,
                 64,
             )?,

@@ -2,47 +2,25 @@
 //! `200 OK` only once each event is durably committed to LMDB, and reads them back.
 //!
 //! # Layout
-//! Modules in the order a webhook travels from socket to disk, then back out to the operator:
+//! Folders in the order a webhook travels from socket to disk, then back out to the operator
+//! (`docs/architecture.md` is the map with the threads, the invariants and where to add things):
 //!
-//! - [`config`]: what the file and flags said, validated into one `Config`.
-//! - [`server`]: listener, accept loop, connection cap, shutdown.
-//! - [`connection`]: one coroutine per connection: read, frame, answer in order.
-//! - [`http`]: request framing (head, Content-Length, chunked), pure over bytes.
-//! - [`route`]: path -> which hook, token check in constant time.
-//! - [`decode`]: JSON (simd-json) and urlencoded form (hand-rolled) body decoding.
-//! - [`event`]: the event and its record encoding.
-//! - [`dedup`]: the writer's in-memory table of recent bodies, for recognising retries.
-//! - [`writer`]: the single writer thread: batch -> one write transaction -> commit -> wake.
-//! - [`wakeup`]: the coroutine that wakes a committed batch's requests inside the runtime.
-//! - [`deadline`]: times out requests whose commit takes longer than `commit_timeout`.
-//! - [`store`]: LMDB environment, databases, key layout, and the read API.
-//! - [`retention`]: what is old enough to delete, pruned a slice at a time.
-//! - [`metrics`]: every counter, named once; Prometheus text.
-//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
-//! - [`notify`]: systemd's notify socket, watchdog and socket activation.
-//! - [`response`]: every answer -> status line and headers, in one place.
-//! - [`token`]: the secret path segment: generated, kept, compared.
+//! - [`config`]: the file and flags, validated section by section into one `Config`.
+//! - [`serve`]: `didgate serve`: start-up, reload on SIGHUP, graceful shutdown.
+//! - [`ingest`]: listener, connection, HTTP framing, route, body decoding, response, deadlines.
+//! - [`event`]: the event and its record encoding, shared by ingest, writer and store.
+//! - [`writer`]: the single writer thread: batch, dedup, commit, wake; housekeeping, retention.
+//! - [`store`]: LMDB: layout, walk, reads, the write transaction, check, migrate, OS helpers.
+//! - [`ops`]: admin listener, health, metrics, systemd notify, log, token.
+//! - [`cli`]: the reader subcommands (`tail`, `export`, `get`, `stats`, `quarantine`, ...).
 //! - [`timestamp`]: times as shown and accepted.
-//! - [`cli`]: the reader subcommands (`tail`, `export`, `get`, `stats`, `quarantine`).
 
-pub mod admin;
 pub mod cli;
 pub mod config;
-pub mod connection;
-pub mod deadline;
-pub mod decode;
-pub mod dedup;
 pub mod event;
-pub mod http;
-pub mod log;
-pub mod metrics;
-pub mod notify;
-pub mod response;
-pub mod retention;
-pub mod route;
-pub mod server;
+pub mod ingest;
+pub mod ops;
+pub mod serve;
 pub mod store;
 pub mod timestamp;
-pub mod token;
-pub mod wakeup;
 pub mod writer;

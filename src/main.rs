@@ -234,7 +234,7 @@ fn main() -> ExitCode {
             };
             let result = Config::load(&flags)
                 .map_err(|e| e.to_string())
-                .and_then(|cfg| didgate::server::run(cfg, flags).map_err(|e| e.to_string()));
+                .and_then(|cfg| didgate::serve::run(cfg, flags).map_err(|e| e.to_string()));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -5,6 +5,7 @@ of the box), same machine, same run, same wrk workload.
     python3 benches/load/run.py                      # 16/64/256 connections, 10 s each
     python3 benches/load/run.py --conns 64 --seconds 30
     python3 benches/load/run.py --conns 64 --seconds 600 --idle 1000   # memory target
+    python3 benches/load/run.py --bin /tmp/didgate-before --conns 64,256   # another build
 
 It builds didgate in release mode, installs wrk and nginx from Debian when missing, starts
 both servers on loopback ports of a temp directory, runs the mixed workload (70% CDR, 20%
@@ -185,12 +186,18 @@ def main():
     ap.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     ap.add_argument("--idle", type=int, default=0,
                     help="extra keep-alive connections held open during each didgate run")
+    ap.add_argument("--bin", help="a didgate binary to measure instead of building this tree's "
+                    "(e.g. a copy of the previous build, to compare two builds in one session)")
     args = ap.parse_args()
+    global BIN
+    if args.bin:
+        BIN = os.path.abspath(args.bin)
     conns = [int(c) for c in args.conns.split(",")]
 
     need("wrk", "wrk")
     need("nginx", "nginx-light")
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    if not args.bin:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
 
     work = tempfile.mkdtemp(prefix="didgate-load-")
     data = os.path.join(work, "data")

@@ -3,7 +3,7 @@
 //! as the owned `Form` the reader renders from.
 #![no_main]
 
-use didgate::decode::form;
+use didgate::ingest::decode::form;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

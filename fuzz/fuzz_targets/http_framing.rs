@@ -3,7 +3,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use didgate::http::{Framer, Limits};
+use didgate::ingest::http::{Framer, Limits};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

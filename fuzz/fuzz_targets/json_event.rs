@@ -2,7 +2,7 @@
 //! (within the nesting limit), and extracts the same `event` and `callid` values.
 #![no_main]
 
-use didgate::decode::json::{Error, JsonDecoder, MAX_JSON_DEPTH};
+use didgate::ingest::decode::json::{Error, JsonDecoder, MAX_JSON_DEPTH};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -7,8 +7,8 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use super::{Error, Result, emit};
+use crate::ops::token::TOKEN_FILE;
 use crate::store::Store;
-use crate::token::TOKEN_FILE;
 
 /// Writes the backup into `dest`, which must not exist yet (or be an empty directory).
 ///

@@ -5,8 +5,8 @@
 use std::io::Write;
 
 use super::{Error, Result, emit, tail};
-use crate::decode::JsonDecoder;
 use crate::event::BodyFormat;
+use crate::ingest::decode::JsonDecoder;
 use crate::store::Store;
 
 /// Prints the call's events.

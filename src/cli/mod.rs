@@ -19,7 +19,7 @@ pub mod tail;
 use std::io::{ErrorKind, Write};
 use std::path::Path;
 
-use crate::route::Hook;
+use crate::ingest::route::Hook;
 use crate::store::{self, Store};
 
 /// Events looked at per read transaction: small enough that a transaction is short (a few

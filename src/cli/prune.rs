@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::Path;
 
 use super::{Error, Result, emit};
-use crate::retention::{self, Cutoffs};
 use crate::store::Store;
 use crate::timestamp;
+use crate::writer::retention::{self, Cutoffs};
 
 /// Prunes and reports what was deleted.
 ///

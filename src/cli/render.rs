@@ -8,9 +8,9 @@
 
 use std::borrow::Cow;
 
-use crate::decode::form::Form;
-use crate::decode::json::StringState;
 use crate::event::BodyFormat;
+use crate::ingest::decode::form::Form;
+use crate::ingest::decode::json::StringState;
 use crate::store::StoredEvent;
 use crate::timestamp;
 

@@ -1430,7 +1430,7 @@ fn next_seq(txn: &impl Transaction, dbs: Dbs) -> Result<u64> {
 /// `dedup` databases are dropped and the version is raised, in that order. Each step commits
 /// in chunks and is idempotent, so an interrupted migration simply runs again.
 fn migrate_from_v1(env: &Environment, dbs: Dbs) -> Result<()> {
-    crate::log::info(format_args!(
+    crate::ops::log::info(format_args!(
         "migrating the store from schema 1 to {SCHEMA_VERSION}"
     ));
     // 1. A body digest per event.
@@ -1548,7 +1548,7 @@ fn migrate_from_v1(env: &Environment, dbs: Dbs) -> Result<()> {
     )?;
     put_schema_version(&mut txn, dbs)?;
     txn.commit()?;
-    crate::log::info(format_args!("store migrated to schema {SCHEMA_VERSION}"));
+    crate::ops::log::info(format_args!("store migrated to schema {SCHEMA_VERSION}"));
     Ok(())
 }
 

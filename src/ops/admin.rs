@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::http::{self, Limits, Method, Status};
-use crate::server::Shared;
+use crate::ingest::http::{self, Limits, Method, Status};
+use crate::serve::Shared;
 use crate::timestamp;
 
 /// Admin requests are tiny; anything larger is not a scrape. A body is tolerated (and
@@ -87,7 +87,7 @@ fn handle(mut stream: may::net::TcpStream, shared: &Shared) {
     };
     let mut out = Vec::new();
     let Some(head) = head else {
-        crate::response::write_plain(
+        crate::ingest::response::write_plain(
             &mut out,
             400,
             "Bad Request",
@@ -134,6 +134,6 @@ fn handle(mut stream: may::net::TcpStream, shared: &Shared) {
             b"not found: try /metrics, /healthz, /readyz\n".to_vec(),
         ),
     };
-    crate::response::write_plain(&mut out, code, reason, ctype, &body);
+    crate::ingest::response::write_plain(&mut out, code, reason, ctype, &body);
     let _ = stream.write_all(&out);
 }

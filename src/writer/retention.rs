@@ -189,7 +189,7 @@ mod tests {
 
     fn is_call(callid: &str) -> impl FnMut(&crate::event::Record<'_>) -> bool + '_ {
         move |rec| {
-            crate::decode::JsonDecoder::default()
+            crate::ingest::decode::JsonDecoder::default()
                 .decode(rec.body)
                 .is_ok_and(|f| f.callid.as_deref() == Some(callid))
         }

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::response::{Answer, Unavailable};
+use crate::ingest::response::{Answer, Unavailable};
 
 /// Where a request went, as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,7 +159,7 @@ impl Default for Metrics {
 
 /// The rejection label of an answer, if it is one.
 fn rejection_of(answer: &Answer) -> Option<&'static str> {
-    use crate::http::Error as H;
+    use crate::ingest::http::Error as H;
     Some(match answer {
         Answer::Stored | Answer::Continue => return None,
         Answer::Duplicate => "duplicate",

@@ -21,14 +21,14 @@ use std::time::{Duration, Instant};
 use may::io::WaitIo;
 use may::net::TcpStream;
 
-use crate::deadline::SocketDeadline;
-use crate::decode::{self, Decoded, JsonDecoder};
 use crate::event::{BodyFormat, Event, MAX_CONTENT_TYPE_BYTES};
-use crate::http::{self, ChunkedDecoder, Framing, Head, Method, Status};
-use crate::metrics::RouteLabel;
-use crate::response::{Answer, Unavailable};
-use crate::route::{self, Hook, Route};
-use crate::server::Shared;
+use crate::ingest::deadline::SocketDeadline;
+use crate::ingest::decode::{self, Decoded, JsonDecoder};
+use crate::ingest::http::{self, ChunkedDecoder, Framing, Head, Method, Status};
+use crate::ingest::response::{Answer, Unavailable};
+use crate::ingest::route::{self, Hook, Route};
+use crate::ops::metrics::RouteLabel;
+use crate::serve::Shared;
 use crate::writer::{Job, Outcome, Reply, SubmitError};
 
 /// Bytes asked of the socket by the first read of a connection, and at least by every read.
@@ -278,7 +278,7 @@ impl<'a> Conn<'a> {
                 callid,
             } => (kind, format, callid, None),
             Decoded::Quarantine(reason) => {
-                crate::log::warn_limited(
+                crate::ops::log::warn_limited(
                     "quarantine",
                     format_args!("quarantined a body from {}: {reason}", self.peer.ip()),
                 );
@@ -321,7 +321,7 @@ impl<'a> Conn<'a> {
                 PendingAnswer::Commit(reply)
             }
             Err(SubmitError::Full) => {
-                crate::log::warn_limited(
+                crate::ops::log::warn_limited(
                     "queue-full",
                     format_args!("writer queue full, answering 503"),
                 );
@@ -399,7 +399,7 @@ impl<'a> Conn<'a> {
     /// Queues a final error answer; the connection closes after it.
     fn reject(&mut self, answer: Answer, in_flight: InFlight<'a>, http10: bool) {
         if let Answer::Framing(e) = answer {
-            crate::log::warn_limited(
+            crate::ops::log::warn_limited(
                 "bad-request",
                 format_args!("refused a request from {}: {}", self.peer.ip(), e.reason()),
             );

@@ -41,7 +41,7 @@ impl Wakeup {
         match spawned {
             Ok(_) => Wakeup { tx: Some(tx) },
             Err(e) => {
-                crate::log::warn(format_args!(
+                crate::ops::log::warn(format_args!(
                     "cannot start the wake-up coroutine ({e}); waking requests directly"
                 ));
                 Wakeup { tx: None }

@@ -21,12 +21,13 @@ use ipnet::IpNet;
 use socket2::{Domain, Socket, Type};
 
 use crate::config::{Config, Durability, Flags};
-use crate::deadline::Deadlines;
-use crate::metrics::Metrics;
-use crate::route::Hook;
+use crate::ingest::deadline::Deadlines;
+use crate::ingest::route::Hook;
+use crate::ingest::{connection, http};
+use crate::ops::metrics::Metrics;
+use crate::ops::{admin, notify};
 use crate::store::{self, Store};
 use crate::writer::{self, Health, Queue, Writer};
-use crate::{admin, connection, http, notify};
 
 /// Name of the lock file that keeps a second `serve` off the same data directory.
 pub const LOCK_FILE: &str = "serve.lock";
@@ -130,7 +131,7 @@ fn access_of(cfg: &Config, token: &str) -> Access {
 /// Start-up failures (data directory locked or unusable, port taken, store unreadable) and
 /// signal set-up failures, each with a message naming what to fix.
 pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
-    crate::log::set_level(cfg.log_level);
+    crate::ops::log::set_level(cfg.log_level);
     // First, before any file is opened: a passed socket must be taken while its number is
     // still its own.
     let passed = notify::take_listener().map_err(|e| Error(format!("socket activation: {e}")))?;
@@ -149,7 +150,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
             ))
         })?;
     let _lock = lock_data_dir(dir)?;
-    let token = crate::token::load_or_create(dir, cfg.token.as_deref())
+    let token = crate::ops::token::load_or_create(dir, cfg.token.as_deref())
         .map_err(|e| Error(format!("cannot read or create the token: {e}")))?;
     let sync = match cfg.durability {
         Durability::Fsync => store::Sync::EveryCommit,
@@ -257,7 +258,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
             cfg = new;
         }
     };
-    crate::log::info(format_args!(
+    crate::ops::log::info(format_args!(
         "received {}, finishing in-flight requests",
         if signal == libc::SIGINT {
             "SIGINT"
@@ -282,7 +283,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     let unfinished = shared.in_flight.load(Ordering::SeqCst);
     let stats = writer.stats.clone();
     writer.stop();
-    crate::log::info(format_args!(
+    crate::ops::log::info(format_args!(
         "stopped: {} commits, {} events written this run ({} duplicates, {} quarantined), {} unfinished requests",
         stats.commits.load(Ordering::Relaxed),
         stats.jobs.load(Ordering::Relaxed),
@@ -315,7 +316,7 @@ fn reload(
     let new = match result {
         Ok(new) => new,
         Err(e) => {
-            crate::log::error(format_args!(
+            crate::ops::log::error(format_args!(
                 "reload refused, keeping the running configuration: {e}"
             ));
             notify::notify("READY=1");
@@ -325,7 +326,7 @@ fn reload(
     // The token given on the command line or in the file wins; otherwise the kept one stays.
     let token = new.token.clone().unwrap_or_else(|| token.to_string());
     shared.set_access(access_of(&new, &token));
-    crate::log::set_level(new.log_level);
+    crate::ops::log::set_level(new.log_level);
     if let Ok(mut policy) = writer.retention.lock() {
         *policy = new.retention.clone();
     }
@@ -345,9 +346,9 @@ fn reload(
         .map(|(k, _)| *k)
         .collect();
     if restart.is_empty() {
-        crate::log::info(format_args!("configuration reloaded"));
+        crate::ops::log::info(format_args!("configuration reloaded"));
     } else {
-        crate::log::warn(format_args!(
+        crate::ops::log::warn(format_args!(
             "configuration reloaded; changes to {} take effect at the next restart",
             restart.join(", ")
         ));
@@ -372,7 +373,7 @@ fn start_watchdog(interval: Duration, shared: Arc<Shared>) {
                 if age < period.as_millis() as u64 {
                     notify::notify("WATCHDOG=1");
                 } else {
-                    crate::log::warn_limited(
+                    crate::ops::log::warn_limited(
                         "watchdog",
                         format_args!("writer loop silent for {age} ms: not pinging the watchdog"),
                     );
@@ -380,7 +381,7 @@ fn start_watchdog(interval: Duration, shared: Arc<Shared>) {
             }
         });
     if let Err(e) = spawned {
-        crate::log::error(format_args!("cannot start the watchdog thread: {e}"));
+        crate::ops::log::error(format_args!("cannot start the watchdog thread: {e}"));
     }
 }
 
@@ -458,7 +459,7 @@ fn accept_loop(listener: may::net::TcpListener, shared: &Arc<Shared>, max_connec
             return;
         }
         if shared.open_connections.load(Ordering::Relaxed) >= max_connections {
-            crate::log::warn_limited(
+            crate::ops::log::warn_limited(
                 "connection-cap",
                 format_args!("at the connection cap ({max_connections}); new connections wait"),
             );
@@ -485,7 +486,7 @@ fn accept_loop(listener: may::net::TcpListener, shared: &Arc<Shared>, max_connec
                     }));
                     if result.is_err() {
                         shared.metrics.panics.fetch_add(1, Ordering::Relaxed);
-                        crate::log::error(format_args!(
+                        crate::ops::log::error(format_args!(
                             "a connection from {} panicked; it was closed, the gateway goes on",
                             peer.ip()
                         ));
@@ -498,7 +499,7 @@ fn accept_loop(listener: may::net::TcpListener, shared: &Arc<Shared>, max_connec
                 // EMFILE/ENFILE (out of descriptors), ENOBUFS/ENOMEM: back off and retry once
                 // connections close; ECONNABORTED and friends: the next accept is fine.
                 shared.metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
-                crate::log::warn_limited("accept", format_args!("accept failed: {e}"));
+                crate::ops::log::warn_limited("accept", format_args!("accept failed: {e}"));
                 may::coroutine::sleep(ACCEPT_BACKOFF);
             }
         }

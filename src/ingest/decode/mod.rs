@@ -8,7 +8,7 @@ pub mod form;
 pub mod json;
 
 use crate::event::{BodyFormat, MAX_KIND_BYTES};
-use crate::route::Hook;
+use crate::ingest::route::Hook;
 
 pub use json::JsonDecoder;
 

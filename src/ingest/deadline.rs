@@ -135,7 +135,7 @@ impl Deadlines {
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
-            crate::log::error(format_args!("deadline thread panicked"));
+            crate::ops::log::error(format_args!("deadline thread panicked"));
         }
     }
 }

@@ -18,14 +18,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use may::sync::Blocker;
 
-use crate::dedup::Recent;
-use crate::wakeup::Wakeup;
+pub mod dedup;
+pub mod retention;
+mod wakeup;
+
+use dedup::Recent;
+use wakeup::Wakeup;
 
 use crate::event::Event;
-use crate::metrics::Metrics;
-use crate::retention::{self, Cutoffs, Policy};
+use crate::ops::metrics::Metrics;
 use crate::store::{self, Store};
 use crate::timestamp;
+use retention::{Cutoffs, Policy};
 
 /// How often an idle writer wakes: to stop when asked, sync in interval mode, keep house, and
 /// show it is alive (the systemd watchdog follows this heartbeat).
@@ -88,7 +92,7 @@ pub enum Outcome {
 ///
 /// The waiter parks with `may`'s [`Blocker`], which parks a coroutine without blocking its
 /// worker thread (and parks a plain thread when used outside the runtime, as in tests). It
-/// parks without a timeout; the commit deadline is kept by [`crate::deadline::Deadlines`].
+/// parks without a timeout; the commit deadline is kept by [`crate::ingest::deadline::Deadlines`].
 pub struct Reply {
     outcome: OnceLock<Outcome>,
     /// Set by the deadline sweeper: the waiter gives up (unless the outcome came first).
@@ -107,7 +111,7 @@ impl Reply {
     }
 
     /// Waits for the outcome; `None` when the reply was timed out first (see
-    /// [`crate::deadline`]) or the waiting coroutine was cancelled.
+    /// [`crate::ingest::deadline`]) or the waiting coroutine was cancelled.
     pub fn wait(&self) -> Option<Outcome> {
         loop {
             if let Some(o) = self.outcome.get() {
@@ -323,7 +327,7 @@ impl Writer {
     pub fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
         if self.thread.join().is_err() {
-            crate::log::error(format_args!("writer thread panicked"));
+            crate::ops::log::error(format_args!("writer thread panicked"));
         }
     }
 }
@@ -431,7 +435,7 @@ fn run(store: Store, rx: Receiver<Job>, ctx: Ctx) {
                 ctx.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
                 ctx.health.commit_failing.store(true, Ordering::Relaxed);
                 if e.is_fatal() || store.is_unusable() {
-                    crate::log::error(format_args!(
+                    crate::ops::log::error(format_args!(
                         "storage is unusable ({e}); exiting so the service manager restarts didgate"
                     ));
                     for job in batch.drain(..) {
@@ -440,7 +444,7 @@ fn run(store: Store, rx: Receiver<Job>, ctx: Ctx) {
                     std::thread::sleep(FATAL_EXIT_GRACE);
                     std::process::exit(EXIT_STORE_PANIC);
                 }
-                crate::log::warn_limited(
+                crate::ops::log::warn_limited(
                     "commit-failed",
                     format_args!("commit of {} events failed, answered 503: {e}", batch.len()),
                 );
@@ -496,7 +500,7 @@ impl Unsynced {
                 self.wake(wakeup);
             }
             Err(e) => {
-                crate::log::warn_limited(
+                crate::ops::log::warn_limited(
                     "sync-failed",
                     format_args!(
                         "flushing {} committed events failed: {e}",
@@ -519,7 +523,7 @@ fn load_recent(store: &Store, ctx: &Ctx) -> Recent {
     // At most one generation is loaded, so the order of inserts does not matter.
     let loaded = store.recent_digests(per_generation, |seq, hash| recent.insert(hash, seq));
     if let Err(e) = loaded {
-        crate::log::warn(format_args!(
+        crate::ops::log::warn(format_args!(
             "cannot read recent digests ({e}); retries of events stored before this start \
              will not be recognised"
         ));
@@ -605,7 +609,7 @@ impl Housekeeping {
             self.last_map_release = now;
             self.mapped = false;
             if let Err(e) = store.release_mapped_pages() {
-                crate::log::warn_limited(
+                crate::ops::log::warn_limited(
                     "map-release",
                     format_args!("cannot release mapped pages of the store: {e}"),
                 );
@@ -615,7 +619,7 @@ impl Housekeeping {
             self.last_reader_check = now;
             let cleared = store.clear_stale_readers();
             if cleared > 0 {
-                crate::log::info(format_args!(
+                crate::ops::log::info(format_args!(
                     "cleared {cleared} reader slots left by dead processes"
                 ));
             }
@@ -646,7 +650,7 @@ impl Housekeeping {
             .store(reach.as_secs(), Ordering::Relaxed);
         let full = recent.len() >= ctx.settings.dedup_memory_events;
         if full && reach < crate::config::MIN_DEDUP_WINDOW.min(ctx.settings.dedup_window) {
-            crate::log::warn_limited(
+            crate::ops::log::warn_limited(
                 "dedup-reach",
                 format_args!(
                     "the dedup table reaches back only {} s at this event rate, less than the \
@@ -667,7 +671,9 @@ impl Housekeeping {
                 self.dirty = false;
                 ctx.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => crate::log::warn_limited("sync-failed", format_args!("sync failed: {e}")),
+            Err(e) => {
+                crate::ops::log::warn_limited("sync-failed", format_args!("sync failed: {e}"))
+            }
         }
         self.last_sync = Instant::now();
     }
@@ -689,11 +695,11 @@ impl Housekeeping {
         if low != was_low {
             ctx.health.disk_low.store(low, Ordering::Relaxed);
             if low {
-                crate::log::error(format_args!(
+                crate::ops::log::error(format_args!(
                     "free disk space {free} bytes is below min_free_disk_bytes ({min}): new events get 503 until space is freed"
                 ));
             } else {
-                crate::log::info(format_args!(
+                crate::ops::log::info(format_args!(
                     "free disk space recovered ({free} bytes): accepting events again"
                 ));
             }
@@ -761,7 +767,7 @@ impl Housekeeping {
                     self.disk_free = self.disk_free.map(|f| f.saturating_sub(n));
                 }
                 Err(e) => {
-                    crate::log::warn_limited(
+                    crate::ops::log::warn_limited(
                         "zero-fill",
                         format_args!("cannot add zero-filled room to the data file: {e}"),
                     );
@@ -785,7 +791,7 @@ impl Housekeeping {
     fn grow(&mut self, store: &Store, ctx: &Ctx) -> bool {
         let max = ctx.settings.max_map_bytes;
         if self.space.map_bytes >= max {
-            crate::log::warn_limited(
+            crate::ops::log::warn_limited(
                 "map-max",
                 format_args!(
                     "the LMDB map is at its maximum ({max} bytes); raise max_map_size_bytes or prune"
@@ -796,7 +802,7 @@ impl Housekeeping {
         let target = self.space.map_bytes.saturating_mul(2).clamp(1 << 20, max);
         match store.grow_map(target) {
             Ok(()) => {
-                crate::log::info(format_args!(
+                crate::ops::log::info(format_args!(
                     "grew the LMDB map from {} to {target} bytes",
                     self.space.map_bytes
                 ));
@@ -805,7 +811,7 @@ impl Housekeeping {
                 true
             }
             Err(e) => {
-                crate::log::warn_limited(
+                crate::ops::log::warn_limited(
                     "map-grow",
                     format_args!("could not grow the LMDB map: {e}"),
                 );
@@ -832,7 +838,7 @@ impl Housekeeping {
                     .pruned_events
                     .fetch_add(slice.events_deleted, Ordering::Relaxed);
                 if slice.events_deleted + slice.quarantined_deleted > 0 {
-                    crate::log::info(format_args!(
+                    crate::ops::log::info(format_args!(
                         "retention pruned {} events and {} quarantined bodies",
                         slice.events_deleted, slice.quarantined_deleted
                     ));
@@ -842,7 +848,10 @@ impl Housekeeping {
                 }
             }
             Err(e) => {
-                crate::log::warn_limited("prune", format_args!("retention pruning failed: {e}"));
+                crate::ops::log::warn_limited(
+                    "prune",
+                    format_args!("retention pruning failed: {e}"),
+                );
                 self.next_prune = Instant::now() + PRUNE_INTERVAL;
             }
         }

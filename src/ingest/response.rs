@@ -8,7 +8,7 @@
 //! This file owns the mapping and the bytes on the wire; it does not decide *when* a request is
 //! rejected (the stages do, each with its own error type).
 
-use crate::http;
+use crate::ingest::http;
 
 /// Seconds a sender is asked to wait before retrying a 503. didlogic retries on its own
 /// schedule (30 s, 1, 2, 4, 8 min); the header is what makes the 503 a "retry" signal.

@@ -1,0 +1,14 @@
+//! Ingest: from an accepted socket to a job on the writer's queue, and the answer back.
+//!
+//! In data-path order: [`listener`] accepts (connection cap, peer filter), [`connection`] runs
+//! one coroutine per connection (sockets, waits, 100-continue, pipelining order, linger),
+//! [`http`] frames requests (pure, sans-I/O), [`route`] finds the hook and checks the token,
+//! [`decode`] decides what the body is, and [`response`] turns every outcome into bytes.
+//! [`deadline`] is the sweeper thread that times out socket waits and commits.
+
+pub mod connection;
+pub mod deadline;
+pub mod decode;
+pub mod http;
+pub mod response;
+pub mod route;

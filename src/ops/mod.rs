@@ -1,0 +1,11 @@
+//! Operating the gateway: what an operator or a service manager talks to, beside ingest.
+//!
+//! [`admin`] serves `/metrics`, `/healthz` and `/readyz`; [`metrics`] names every counter;
+//! [`notify`] speaks systemd's notify protocol; [`log`] writes rate-limited log lines;
+//! [`token`] keeps the secret path segment.
+
+pub mod admin;
+pub mod log;
+pub mod metrics;
+pub mod notify;
+pub mod token;
