@@ -131,15 +131,15 @@ impl Range<'_> {
         }
         loop {
             let mut past_until = false;
-            let scan = store.scan_forward(from, SCAN_CHUNK, |r| {
+            let page = store.events_forward(from, SCAN_CHUNK, |_, r| {
                 past_until |= self.until.is_some_and(|u| r.stored_at_ms >= u);
                 !past_until && self.kind.is_none_or(|k| k == r.kind)
             })?;
-            f(&scan.events)?;
-            if scan.done || past_until {
-                return Ok(());
+            f(&page.items)?;
+            match page.next {
+                Some(next) if !past_until => from = next,
+                _ => return Ok(()),
             }
-            from = scan.next;
         }
     }
 }

@@ -21,15 +21,15 @@ pub fn list(store: &Store, out: &mut impl Write) -> Result<()> {
     let mut from = 0;
     let mut buf = Vec::new();
     loop {
-        let (entries, resume) = store.quarantine_from(from, SCAN_CHUNK)?;
-        for q in &entries {
+        let page = store.quarantine_page(from, SCAN_CHUNK)?;
+        for q in &page.items {
             let text = String::from_utf8_lossy(&q.event.body);
             let preview: String = text.chars().take(PREVIEW_CHARS).collect();
             buf.extend_from_slice(entry(q, "body_preview", &preview).to_string().as_bytes());
             buf.push(b'\n');
         }
         emit(out, &mut buf)?;
-        match resume {
+        match page.next {
             Some(next) => from = next,
             None => return Ok(()),
         }

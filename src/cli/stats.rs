@@ -16,8 +16,8 @@ use crate::timestamp;
 pub fn run(store: &Store, as_json: bool, out: &mut impl Write) -> Result<()> {
     let counts = store.counts()?;
     let space = store.space()?;
-    let first = store.scan_forward(0, 1, |_| true)?.events.pop();
-    let last = store.scan_backward(None, 1, |_| true)?.events.pop();
+    let first = store.events_forward(0, 1, |_, _| true)?.items.pop();
+    let last = store.events_backward(None, 1, |_, _| true)?.items.pop();
     let total: u64 = counts.by_kind.values().sum();
     let dups: u64 = counts.duplicates.values().sum();
     let mut buf = Vec::new();

@@ -34,12 +34,12 @@ pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
     let mut last: Vec<StoredEvent> = Vec::new();
     let mut before = next;
     while last.len() < args.lines {
-        let scan = store.scan_backward(Some(before), SCAN_CHUNK, |r| keep(r.kind))?;
-        last.extend(scan.events);
-        if scan.done {
-            break;
+        let page = store.events_backward(Some(before), SCAN_CHUNK, |_, r| keep(r.kind))?;
+        last.extend(page.items);
+        match page.next {
+            Some(next) => before = next,
+            None => break,
         }
-        before = scan.next;
     }
     last.truncate(args.lines);
     last.reverse();
@@ -51,11 +51,16 @@ pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
     }
     let mut from = next;
     loop {
-        let scan = store.scan_forward(from, SCAN_CHUNK, |r| keep(r.kind))?;
-        print(&scan.events, args.raw, &mut buf);
+        // Events the filter passed over are not looked at again: `from` follows every seq seen.
+        let mut seen = from;
+        let page = store.events_forward(from, SCAN_CHUNK, |seq, r| {
+            seen = seq + 1;
+            keep(r.kind)
+        })?;
+        print(&page.items, args.raw, &mut buf);
         emit(out, &mut buf)?;
-        from = scan.next;
-        if scan.done {
+        from = page.next.unwrap_or(seen);
+        if page.next.is_none() {
             std::thread::sleep(FOLLOW_POLL);
         }
     }

@@ -124,8 +124,8 @@ pub fn prune_slice(
     let mut events_done = cutoffs.horizon.is_none();
     if let Some(horizon) = cutoffs.horizon {
         let events = txn.oldest_events(cursor.next_event, PRUNE_SLICE)?;
-        events_done = events.len() < PRUNE_SLICE;
-        for ev in &events {
+        events_done = events.next.is_none();
+        for ev in &events.items {
             if ev.stored_at_ms >= horizon {
                 events_done = true;
                 break;
@@ -140,8 +140,8 @@ pub fn prune_slice(
     let mut quarantine_done = cutoffs.quarantine.is_none();
     if let Some(cut) = cutoffs.quarantine {
         let entries = txn.oldest_quarantined(cursor.next_quarantine, PRUNE_SLICE)?;
-        quarantine_done = entries.len() < PRUNE_SLICE;
-        for q in &entries {
+        quarantine_done = entries.next.is_none();
+        for q in &entries.items {
             if q.event.stored_at_ms >= cut {
                 quarantine_done = true;
                 break;
@@ -235,9 +235,9 @@ mod tests {
             (1, 2, true)
         );
         let left: Vec<u64> = store
-            .scan_forward(0, 10, |_| true)
+            .events_forward(0, 10, |_, _| true)
             .unwrap()
-            .events
+            .items
             .iter()
             .map(|e| e.seq)
             .collect();
@@ -265,7 +265,7 @@ mod tests {
         let s = prune_all(&store, &Cutoffs::everything_before(1000), 2000).unwrap();
         assert_eq!(s.events_deleted, 1000);
         assert_eq!(
-            store.scan_forward(0, 10, |_| true).unwrap().events[0].seq,
+            store.events_forward(0, 10, |_, _| true).unwrap().items[0].seq,
             1001
         );
         // Seq 1100 is in the first call block (complete at 1024 events), 1199 after it; the
