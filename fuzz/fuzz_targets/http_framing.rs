@@ -1,9 +1,10 @@
-//! Property: framing a byte stream gives the same requests (and the same final error) however
-//! the stream is split into reads; and nothing framed exceeds the limits.
+//! Property: framing a byte stream with `Framer::advance`, the calls a connection makes between
+//! its reads, gives the same requests (and the same final error) however the stream is split
+//! into reads; and nothing framed exceeds the limits.
 #![no_main]
 
 use arbitrary::Arbitrary;
-use didgate::ingest::http::{Framer, Limits};
+use didgate::ingest::http::{Limits, Requests};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -23,9 +24,9 @@ fuzz_target!(|input: Input| {
     };
     let data = &input.data;
     let mut whole = Vec::new();
-    Framer::new(limits).push(data, &mut whole);
+    Requests::new(limits).push(data, &mut whole);
 
-    let mut framer = Framer::new(limits);
+    let mut framer = Requests::new(limits);
     let mut split = Vec::new();
     let mut pos = 0;
     for s in &input.splits {

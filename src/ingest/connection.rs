@@ -24,7 +24,7 @@ use may::net::TcpStream;
 use crate::event::{BodyFormat, Event, MAX_CONTENT_TYPE_BYTES};
 use crate::ingest::deadline::SocketDeadline;
 use crate::ingest::decode::{self, Decoded, JsonDecoder};
-use crate::ingest::http::{self, ChunkedDecoder, Framing, Head, Method, Status};
+use crate::ingest::http::{self, Frame, Framer, Head, Method};
 use crate::ingest::response::{Answer, Unavailable};
 use crate::ingest::route::{self, Hook, Route};
 use crate::ops::metrics::RouteLabel;
@@ -121,6 +121,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         shared,
         rbuf: Vec::new(),
         start: 0,
+        framer: Framer::new(shared.settings.limits),
         wbuf: Vec::with_capacity(256),
         pending: VecDeque::new(),
         json: None,
@@ -143,6 +144,8 @@ struct Conn<'a> {
     /// Bytes read; `start` is where the unconsumed part begins.
     rbuf: Vec<u8>,
     start: usize,
+    /// Where the stream is between requests, heads and bodies: the only framing code.
+    framer: Framer,
     wbuf: Vec<u8>,
     pending: VecDeque<Pending<'a>>,
     /// Created on the first JSON body, so idle and SMS-only connections do not carry its
@@ -181,9 +184,14 @@ impl<'a> Conn<'a> {
         let idle_until = Instant::now() + settings.idle_timeout;
         let mut release_at = Some(Instant::now() + IDLE_RELEASE_AFTER);
         loop {
-            match http::parse_head(&self.rbuf[self.start..], &settings.limits) {
-                Ok(Status::Complete(h)) => return Ok(Some(h)),
-                Ok(Status::Partial) => {}
+            match self.framer.advance(&self.rbuf[self.start..]) {
+                Ok((used, Some(Frame::Head(h)))) => {
+                    self.start += used;
+                    return Ok(Some(h));
+                }
+                // Between requests the framer waits for a head: a body frame cannot come here
+                // (every body is read or the connection closed before the next head).
+                Ok((used, _)) => self.start += used,
                 Err(e) => {
                     let in_flight = InFlight::new(&self.shared.in_flight);
                     self.reject(Answer::Framing(e), in_flight, false);
@@ -221,7 +229,6 @@ impl<'a> Conn<'a> {
 
     /// Handles one request whose head is parsed. `Ok(true)`: the connection stays open.
     fn handle(&mut self, head: Head, in_flight: InFlight<'a>) -> Result<bool, End> {
-        self.start += head.len;
         let shared = self.shared;
         let route = route::route(&head.target, &shared.access().tokens);
         let label = match route {
@@ -242,13 +249,14 @@ impl<'a> Conn<'a> {
             Err(answer) => {
                 // The body is not wanted. Skip it when it is already here; otherwise close
                 // rather than read what may be a large or endless upload.
-                let keep = match head.framing {
-                    Framing::Length(n) if self.rbuf.len() - self.start >= n => {
-                        self.start += n;
-                        head.keep_alive
-                    }
-                    _ => false,
-                };
+                let keep = self.framer.body_is_buffered(self.rbuf.len() - self.start)
+                    && match self.framer.advance(&self.rbuf[self.start..]) {
+                        Ok((used, Some(Frame::Body(_)))) => {
+                            self.start += used;
+                            head.keep_alive
+                        }
+                        _ => false,
+                    };
                 self.push(PendingAnswer::Ready(answer), keep, head.http10, in_flight);
                 return Ok(keep);
             }
@@ -337,51 +345,28 @@ impl<'a> Conn<'a> {
 
     /// Reads the body the head announces. `Ok(None)` when the body deadline passed.
     fn read_body(&mut self, head: &Head) -> Result<Option<Vec<u8>>, BodyError> {
-        let settings = &self.shared.settings;
-        let deadline = Instant::now() + settings.body_timeout;
-        let buffered = |c: &Self| c.rbuf.len() - c.start;
-        let body_complete = match head.framing {
-            Framing::Length(n) => buffered(self) >= n,
-            Framing::Chunked => false,
-        };
-        if head.expect_continue && !body_complete {
+        let deadline = Instant::now() + self.shared.settings.body_timeout;
+        if head.expect_continue && !self.framer.body_is_buffered(self.rbuf.len() - self.start) {
             // RFC 9110 §10.1.1: the client waits for 100 before sending the body.
             self.flush().map_err(|_| BodyError::Dead)?;
             self.wbuf.clear();
             Answer::Continue.write(&mut self.wbuf, true, false);
             self.write_wbuf().map_err(|_| BodyError::Dead)?;
         }
-        match head.framing {
-            Framing::Length(n) => {
-                while buffered(self) < n {
-                    match self.fill(deadline).map_err(|_| BodyError::Dead)? {
-                        Fill::Data => {}
-                        Fill::Eof => return Err(BodyError::Dead),
-                        Fill::Timeout => return Ok(None),
-                    }
-                }
-                let body = self.rbuf[self.start..self.start + n].to_vec();
-                self.start += n;
-                Ok(Some(body))
-            }
-            Framing::Chunked => {
-                let limits = settings.limits;
-                let mut decoder = ChunkedDecoder::new(limits.max_body_bytes, limits.max_head_bytes);
-                let mut body = Vec::new();
-                loop {
-                    let (used, done) = decoder
-                        .decode(&self.rbuf[self.start..], &mut body)
-                        .map_err(BodyError::Framing)?;
+        loop {
+            match self.framer.advance(&self.rbuf[self.start..]) {
+                Ok((used, Some(Frame::Body(body)))) => {
                     self.start += used;
-                    if done {
-                        return Ok(Some(body));
-                    }
-                    match self.fill(deadline).map_err(|_| BodyError::Dead)? {
-                        Fill::Data => {}
-                        Fill::Eof => return Err(BodyError::Dead),
-                        Fill::Timeout => return Ok(None),
-                    }
+                    return Ok(Some(body));
                 }
+                // A chunked body is consumed as it is decoded.
+                Ok((used, _)) => self.start += used,
+                Err(e) => return Err(BodyError::Framing(e)),
+            }
+            match self.fill(deadline).map_err(|_| BodyError::Dead)? {
+                Fill::Data => {}
+                Fill::Eof => return Err(BodyError::Dead),
+                Fill::Timeout => return Ok(None),
             }
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::ingest::http::{self, Limits, Method, Status};
+use crate::ingest::http::{Frame, Framer, Limits, Method};
 use crate::serve::Shared;
 use crate::timestamp;
 
@@ -67,10 +67,11 @@ fn handle(mut stream: may::net::TcpStream, shared: &Shared) {
     let deadline = Instant::now() + ADMIN_TIMEOUT;
     let _ = stream.set_write_timeout(Some(ADMIN_TIMEOUT));
     let mut buf = Vec::with_capacity(1024);
+    let mut framer = Framer::new(ADMIN_LIMITS);
     let head = loop {
-        match http::parse_head(&buf, &ADMIN_LIMITS) {
-            Ok(Status::Complete(h)) => break Some(h),
-            Ok(Status::Partial) => {}
+        match framer.advance(&buf) {
+            Ok((_, Some(Frame::Head(h)))) => break Some(h),
+            Ok(_) => {}
             Err(_) => break None,
         }
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
