@@ -24,7 +24,7 @@ fn commit(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_writer(dir.path(), 4 << 30).unwrap();
     let mut n = 0u64;
-    let mut recent = Recent::new(didgate::config::DEFAULT_DEDUP_MEMORY_EVENTS);
+    let mut recent = Recent::new(didgate::writer::DEFAULT_DEDUP_MEMORY_EVENTS);
     let mut g = c.benchmark_group("commit_batch");
     g.sample_size(20);
     for batch in [1u64, 8, 64, 512] {

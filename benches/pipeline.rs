@@ -19,14 +19,16 @@ const PER_PRODUCER: usize = 64;
 fn pipeline(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_writer(dir.path(), 4 << 30).unwrap();
+    // Production's writer settings, with a one-hour dedup window.
     let (writer, queue) = Writer::spawn(
         store,
         writer::Settings {
-            batch_max: 512,
-            queue_capacity: 4096,
             dedup_window: Duration::from_secs(3600),
             ..writer::Settings::default()
         },
+        Arc::default(),
+        Arc::default(),
+        Default::default(),
     )
     .unwrap();
     let round = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -67,7 +69,7 @@ fn pipeline(c: &mut Criterion) {
         })
     });
     g.finish();
-    writer.stop();
+    writer.stop().unwrap();
 }
 
 criterion_group!(benches, pipeline);

@@ -1,168 +1,48 @@
 //! Configuration: embedded defaults, then the TOML file, then command-line flags, validated
-//! into one [`Config`].
+//! into one [`Config`], section by section.
 //!
-//! Owns every tunable and its default, with the reason for the default beside it
-//! (`docs/configuration.md` lists the same). It does not apply them: the server, connection and
-//! writer read the validated values.
+//! The file is flat (`docs/configuration.md` lists every key); each section of [`Config`] is
+//! the settings struct of the stage that uses it, whose `Default` is production's and whose
+//! module documents why each default has its value. This file owns only the file's schema,
+//! the flags, and the validation that names a wrong key and its line.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::ingest::http::{self, HEADER_SLOTS};
+use crate::ingest::gateway::{self, SENDER_RESPONSE_BUDGET};
+use crate::ingest::http::{HEADER_SLOTS, Limits};
 use crate::ops::log::Level;
-use crate::writer::retention::Policy;
+use crate::serve;
+use crate::writer::{self, Durability, retention::Policy};
 
-/// Listen address: all interfaces, port 8080 (unprivileged; see `docs/` for port 80/443).
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// Data directory when neither `--data`, the file, nor systemd's `$STATE_DIRECTORY` says.
 pub const DEFAULT_DATA_DIR: &str = "./didgate-data";
-/// Request line plus headers. 16 KiB is nginx's large_client_header_buffers order of size and
-/// far above what a webhook sender sends (didlogic's requests carry a handful of headers).
-pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Header fields per request: generous for proxies that add many, bounded for memory.
-pub const DEFAULT_MAX_HEADERS: usize = HEADER_SLOTS;
-/// Body limit. didlogic's payloads are well under 1 KiB; 64 KiB leaves room for growth
-/// while bounding per-connection memory.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
-/// The whole request head must arrive within this; a client trickling bytes cannot extend it.
-pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// The whole body must arrive within this once the head is read.
-pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// An idle keep-alive connection is closed after this.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A response write that makes no progress for this long closes the connection (a client that
-/// never reads must not hold memory).
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a request waits for its commit before answering 503. The sender allows 15 s for
-/// the whole response; 5 s leaves room for a slow network on both sides.
-pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The sender's whole-response budget: a commit timeout at or past it is refused.
-pub const SENDER_RESPONSE_BUDGET: Duration = Duration::from_secs(15);
-/// On SIGTERM, how long in-flight requests get to finish before the process exits anyway.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Byte-identical retries within this window are recognised as duplicates. The sender retries
-/// for ~16 minutes; 7 days also catches a replay from its dead-letter store.
-pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
-/// The dedup window may not be shorter than the sender's retry window (about 16 minutes).
-pub const MIN_DEDUP_WINDOW: Duration = Duration::from_secs(16 * 60);
-/// Events the in-memory dedup table remembers at least (up to twice as many): two tables of
-/// 2 MiB. At the default, retries are recognised for 16 minutes up to 204 events/s sustained
-/// (17 million events a day); `didgate_dedup_reach_seconds` shows the reach at the live rate.
-pub const DEFAULT_DEDUP_MEMORY_EVENTS: usize = 196_608;
-/// Fewest events the dedup table may be sized for.
-pub const MIN_DEDUP_MEMORY_EVENTS: usize = 1024;
-/// Most events the dedup table may be sized for (two tables of 512 MiB).
-pub const MAX_DEDUP_MEMORY_EVENTS: usize = 48 << 20;
-/// Jobs that may wait for the writer. A burst beyond this gets fast 503s (retried by the sender)
-/// instead of unbounded memory. 4096 events is ~100 ms of peak commit throughput.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
-/// Most events in one write transaction (one fsync).
-pub const DEFAULT_BATCH_MAX: usize = 512;
-/// Coroutine stack. Measured use is ~20 KiB (8 KiB of it the header array); simd-json's parser
-/// recursion is bounded by the depth limit. 64 KiB leaves a wide margin.
-pub const DEFAULT_STACK_BYTES: usize = 64 * 1024;
-/// Coroutine worker threads when `workers` is not set: one per core but one, at least one. The
-/// writer thread is the one stage every event passes alone (decode, commit, fsync, wake); left a
-/// core, it is not queued behind workers. On the 2-core benchmark machine one worker against
-/// two, interleaved runs: +16% and +9% req/s at 16 connections, -2% and +7% at 64, +4%, 0% and
-/// +9% at 256, with less CPU per request (docs/performance.md).
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
-}
-/// Smallest stack accepted.
-pub const MIN_STACK_BYTES: usize = 64 * 1024;
-/// Finished coroutines kept for reuse. `may` creates its whole pool at start-up (1000 by
-/// default, measured at 18.7 MiB resident before any connection); 128 covers the reuse of a
-/// burst at a fraction of that, and more connections simply create coroutines on demand.
-pub const DEFAULT_COROUTINE_POOL: usize = 128;
-/// Initial LMDB map size. The map grows by doubling before it fills (between write
-/// transactions, as LMDB requires), so this only sets where growth starts.
-pub const DEFAULT_MAP_SIZE_BYTES: u64 = 64 << 20;
-/// Most the LMDB map (and so the data file) may grow to. 64-bit hosts: 16 GiB. 32-bit hosts
-/// (armv7 Raspberry Pi OS): 768 MiB, as the whole map must fit the process's 3 GiB address
-/// space beside everything else.
-pub const DEFAULT_MAX_MAP_SIZE_BYTES: u64 = if usize::BITS >= 64 {
-    16 << 30
-} else {
-    768 << 20
-};
-/// Admin listener (metrics, health): loopback only by default, as it is unauthenticated.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
-/// Below this much free space on the data filesystem, new events get 503 (the sender retries)
-/// rather than letting LMDB meet ENOSPC; room is left for the map to grow and for the OS.
-pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 << 20;
-/// Zero-filled space the writer keeps in the data file past the data, filled while idle, so a
-/// burst's commits overwrite existing blocks instead of growing the file (see
-/// `Store::zero_fill`). 64 MiB holds about 200,000 events of the mixed workload.
-pub const DEFAULT_FILE_HEADROOM_BYTES: u64 = 64 << 20;
-/// In `durability = "interval"` mode, how often committed data is flushed to disk.
-pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(200);
-/// Pending connections the kernel queues while the accept loop catches up with a burst.
-pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
-/// Descriptors kept back from the connection cap for LMDB, the listener, logs and the writer.
-pub const RESERVED_FDS: usize = 64;
 
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    pub listen: SocketAddr,
     pub data_dir: PathBuf,
     /// The path token; `None` means "use or create the one kept in the data directory".
     pub token: Option<String>,
-    pub limits: http::Limits,
-    pub head_timeout: Duration,
-    pub body_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub write_timeout: Duration,
-    pub commit_timeout: Duration,
-    pub shutdown_timeout: Duration,
-    pub dedup_window: Duration,
-    /// Events the in-memory dedup table remembers at least.
-    pub dedup_memory_events: usize,
-    pub queue_capacity: usize,
-    pub batch_max: usize,
-    /// Open connections at most; the accept loop waits while at the cap.
-    pub max_connections: usize,
-    /// Coroutine worker threads (default: one per core).
-    pub workers: usize,
-    pub stack_bytes: usize,
-    pub coroutine_pool: usize,
-    /// Initial map size; it grows up to `max_map_size_bytes`.
-    pub map_size_bytes: u64,
-    pub max_map_size_bytes: u64,
-    pub max_json_depth: usize,
-    pub listen_backlog: u32,
-    pub log_level: Level,
-    /// `None`: no admin listener.
-    pub admin_listen: Option<SocketAddr>,
-    /// Peers allowed to connect; empty: everyone (didlogic publishes no source list).
-    pub allow_from: Vec<IpNet>,
     /// A second accepted token, for rotating without downtime.
     pub previous_token: Option<String>,
+    /// Peers allowed to connect; empty: everyone (didlogic publishes no source list).
+    pub allow_from: Vec<IpNet>,
+    /// Listeners, runtime, shutdown, log level.
+    pub serve: serve::Settings,
+    /// Request limits and timeouts of every connection.
+    pub ingest: gateway::Settings,
+    /// Batching, dedup, durability, disk floor, map size.
+    pub writer: writer::Settings,
     pub retention: Policy,
-    pub min_free_disk_bytes: u64,
-    /// Zero-filled bytes kept in the data file past the data; 0 turns this off.
-    pub file_headroom_bytes: u64,
-    pub durability: Durability,
-}
-
-/// When an event counts as durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// Every commit fsyncs before its requests are answered (the default).
-    Fsync,
-    /// Commits are answered once written to the file (they survive a crash of the process);
-    /// a sync to disk runs every interval, so a power cut may lose that much.
-    Interval(Duration),
 }
 
 /// The TOML file, as written. Every key is optional; unknown keys are errors.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
@@ -263,27 +143,11 @@ pub fn default_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
-/// The connection cap derived from the soft descriptor limit.
-fn default_max_connections() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the valid `lim` out-pointer and has no other effects.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    let soft = if ok && lim.rlim_cur != libc::RLIM_INFINITY {
-        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        65_536
-    };
-    soft.saturating_sub(RESERVED_FDS).max(16)
-}
-
-fn duration(key: &str, v: Option<String>, default: Duration) -> Result<Duration, Error> {
+fn duration(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, Error> {
     match v {
         None => Ok(default),
         Some(s) => {
-            let d = humantime::parse_duration(&s).map_err(|e| {
+            let d = humantime::parse_duration(s).map_err(|e| {
                 bad(
                     key,
                     format_args!("{e} (write e.g. \"5s\", \"10m\", \"7d\")"),
@@ -352,27 +216,11 @@ impl Config {
     }
 
     fn build(f: FileConfig, flags: &Flags) -> Result<Config, Error> {
-        let listen_text = flags
-            .listen
-            .clone()
-            .or(f.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen = listen_text.parse().map_err(|_| {
-            bad(
-                "listen",
-                format_args!("{listen_text:?} is not an IP:port address"),
-            )
-        })?;
-        let data_dir = flags
-            .data_dir
-            .clone()
-            .or(f.data_dir)
-            .unwrap_or_else(default_data_dir);
-        let token = flags.token.clone().or(f.token);
+        let token = flags.token.clone().or(f.token.clone());
         if let Some(t) = &token {
             check_token(t)?;
         }
-        let previous_token = f.previous_token;
+        let previous_token = f.previous_token.clone();
         if let Some(t) = &previous_token {
             check_token(t).map_err(|e| {
                 bad(
@@ -384,23 +232,9 @@ impl Config {
                 return Err(bad("previous_token", "is the same as `token`"));
             }
         }
-        let admin_text = flags.admin_listen.clone().or(f.admin_listen);
-        let admin_listen = match admin_text.as_deref().map(str::trim) {
-            None => Some(
-                DEFAULT_ADMIN_LISTEN
-                    .parse()
-                    .map_err(|_| bad("admin_listen", "bad default"))?,
-            ),
-            Some("" | "off") => None,
-            Some(a) => Some(a.parse().map_err(|_| {
-                bad(
-                    "admin_listen",
-                    format_args!("{a:?} is not an IP:port address (or \"off\")"),
-                )
-            })?),
-        };
         let allow_from = f
             .allow_from
+            .clone()
             .unwrap_or_default()
             .iter()
             .map(|c| {
@@ -412,187 +246,232 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<IpNet>, Error>>()?;
-        let mut retention = Policy {
-            quarantine_days: f.quarantine_retention_days,
-            ..Policy::default()
-        };
-        for (kind, days) in f.retention_days.unwrap_or_default() {
-            if days == 0 {
-                return Err(bad(
-                    "retention_days",
-                    format_args!("{kind} = 0: leave the kind out to keep it forever"),
-                ));
-            }
-            if kind == "default" {
-                retention.default_days = Some(days);
-            } else {
-                retention.days_by_kind.insert(kind, days);
-            }
-        }
-        if retention.quarantine_days == Some(0) {
-            return Err(bad(
-                "quarantine_retention_days",
-                "0: leave it out to keep quarantine forever",
-            ));
-        }
-        let durability = match f.durability.as_deref() {
-            None | Some("fsync") => Durability::Fsync,
-            Some("interval") => Durability::Interval(duration(
-                "sync_interval",
-                f.sync_interval,
-                DEFAULT_SYNC_INTERVAL,
-            )?),
-            Some(other) => {
-                return Err(bad(
-                    "durability",
-                    format_args!("{other:?}: must be \"fsync\" or \"interval\""),
-                ));
-            }
-        };
-        let map_size_bytes = in_range(
-            "map_size_bytes",
-            f.map_size_bytes,
-            DEFAULT_MAP_SIZE_BYTES,
-            1 << 20,
-            1 << 44,
-        )?;
-        let max_map_size_bytes = in_range(
-            "max_map_size_bytes",
-            f.max_map_size_bytes,
-            DEFAULT_MAX_MAP_SIZE_BYTES.max(map_size_bytes),
-            1 << 20,
-            1 << 44,
-        )?;
-        if max_map_size_bytes < map_size_bytes {
-            return Err(bad("max_map_size_bytes", "is smaller than map_size_bytes"));
-        }
-        let limits = http::Limits {
-            max_head_bytes: in_range(
-                "max_head_bytes",
-                f.max_head_bytes,
-                DEFAULT_MAX_HEAD_BYTES,
-                1024,
-                1 << 20,
-            )?,
-            max_headers: in_range(
-                "max_headers",
-                f.max_headers,
-                DEFAULT_MAX_HEADERS,
-                64,
-                HEADER_SLOTS,
-            )?,
-            max_body_bytes: in_range(
-                "max_body_bytes",
-                f.max_body_bytes,
-                DEFAULT_MAX_BODY_BYTES,
-                1,
-                16 << 20,
-            )?,
-        };
-        let commit_timeout = duration("commit_timeout", f.commit_timeout, DEFAULT_COMMIT_TIMEOUT)?;
-        if commit_timeout >= SENDER_RESPONSE_BUDGET {
-            return Err(bad(
-                "commit_timeout",
-                "must be under 15s: the sender gives up on a response after 15 s",
-            ));
-        }
-        let dedup_window = duration("dedup_window", f.dedup_window, DEFAULT_DEDUP_WINDOW)?;
-        if dedup_window < MIN_DEDUP_WINDOW {
-            return Err(bad(
-                "dedup_window",
-                "must be at least 16m, the sender's retry window",
-            ));
-        }
-        let log_level = match f.log_level {
-            None => Level::Info,
-            Some(s) => Level::parse(&s)
-                .ok_or_else(|| bad("log_level", "must be one of error, warn, info, debug"))?,
-        };
         Ok(Config {
-            listen,
-            data_dir,
+            data_dir: flags
+                .data_dir
+                .clone()
+                .or(f.data_dir.clone())
+                .unwrap_or_else(default_data_dir),
             token,
-            limits,
-            head_timeout: duration("head_timeout", f.head_timeout, DEFAULT_HEAD_TIMEOUT)?,
-            body_timeout: duration("body_timeout", f.body_timeout, DEFAULT_BODY_TIMEOUT)?,
-            idle_timeout: duration("idle_timeout", f.idle_timeout, DEFAULT_IDLE_TIMEOUT)?,
-            write_timeout: duration("write_timeout", f.write_timeout, DEFAULT_WRITE_TIMEOUT)?,
-            commit_timeout,
-            shutdown_timeout: duration(
-                "shutdown_timeout",
-                f.shutdown_timeout,
-                DEFAULT_SHUTDOWN_TIMEOUT,
-            )?,
-            dedup_window,
-            dedup_memory_events: in_range(
-                "dedup_memory_events",
-                f.dedup_memory_events,
-                DEFAULT_DEDUP_MEMORY_EVENTS,
-                MIN_DEDUP_MEMORY_EVENTS,
-                MAX_DEDUP_MEMORY_EVENTS,
-            )?,
-            queue_capacity: in_range(
-                "queue_capacity",
-                f.queue_capacity,
-                DEFAULT_QUEUE_CAPACITY,
-                1,
-                1 << 20,
-            )?,
-            batch_max: in_range("batch_max", f.batch_max, DEFAULT_BATCH_MAX, 1, 65_536)?,
-            max_connections: in_range(
-                "max_connections",
-                f.max_connections,
-                default_max_connections(),
-                1,
-                1 << 24,
-            )?,
-            workers: in_range("workers", f.workers, default_workers(), 1, 1024)?,
-            stack_bytes: in_range(
-                "stack_bytes",
-                f.stack_bytes,
-                DEFAULT_STACK_BYTES,
-                MIN_STACK_BYTES,
-                16 << 20,
-            )?,
-            map_size_bytes,
-            max_map_size_bytes,
-            coroutine_pool: in_range(
-                "coroutine_pool",
-                f.coroutine_pool,
-                DEFAULT_COROUTINE_POOL,
-                0,
-                100_000,
-            )?,
-            max_json_depth: in_range(
-                "max_json_depth",
-                f.max_json_depth,
-                crate::ingest::decode::json::MAX_JSON_DEPTH,
-                1,
-                64,
-            )?,
-            listen_backlog: in_range(
-                "listen_backlog",
-                f.listen_backlog,
-                DEFAULT_LISTEN_BACKLOG,
-                1,
-                65_535,
-            )?,
-            log_level,
-            admin_listen,
-            allow_from,
             previous_token,
-            retention,
-            min_free_disk_bytes: f.min_free_disk_bytes.unwrap_or(DEFAULT_MIN_FREE_DISK_BYTES),
-            file_headroom_bytes: in_range(
-                "file_headroom_bytes",
-                f.file_headroom_bytes,
-                DEFAULT_FILE_HEADROOM_BYTES,
-                0,
-                1 << 40,
-            )?,
-            durability,
+            allow_from,
+            serve: serve_section(&f, flags)?,
+            ingest: ingest_section(&f)?,
+            writer: writer_section(&f)?,
+            retention: retention_section(&f)?,
         })
     }
+}
+
+/// Listeners, runtime, shutdown and log level.
+fn serve_section(f: &FileConfig, flags: &Flags) -> Result<serve::Settings, Error> {
+    let d = serve::Settings::default();
+    let listen_text = flags
+        .listen
+        .clone()
+        .or(f.listen.clone())
+        .unwrap_or_else(|| d.listen.to_string());
+    let listen = listen_text.parse().map_err(|_| {
+        bad(
+            "listen",
+            format_args!("{listen_text:?} is not an IP:port address"),
+        )
+    })?;
+    let admin_text = flags.admin_listen.clone().or(f.admin_listen.clone());
+    let admin_listen = match admin_text.as_deref().map(str::trim) {
+        None => d.admin_listen,
+        Some("" | "off") => None,
+        Some(a) => Some(a.parse().map_err(|_| {
+            bad(
+                "admin_listen",
+                format_args!("{a:?} is not an IP:port address (or \"off\")"),
+            )
+        })?),
+    };
+    let log_level = match &f.log_level {
+        None => d.log_level,
+        Some(s) => Level::parse(s)
+            .ok_or_else(|| bad("log_level", "must be one of error, warn, info, debug"))?,
+    };
+    Ok(serve::Settings {
+        listen,
+        listen_backlog: in_range(
+            "listen_backlog",
+            f.listen_backlog,
+            d.listen_backlog,
+            1,
+            65_535,
+        )?,
+        max_connections: in_range(
+            "max_connections",
+            f.max_connections,
+            d.max_connections,
+            1,
+            1 << 24,
+        )?,
+        admin_listen,
+        workers: in_range("workers", f.workers, d.workers, 1, 1024)?,
+        stack_bytes: in_range(
+            "stack_bytes",
+            f.stack_bytes,
+            d.stack_bytes,
+            serve::MIN_STACK_BYTES,
+            16 << 20,
+        )?,
+        coroutine_pool: in_range(
+            "coroutine_pool",
+            f.coroutine_pool,
+            d.coroutine_pool,
+            0,
+            100_000,
+        )?,
+        shutdown_timeout: duration("shutdown_timeout", &f.shutdown_timeout, d.shutdown_timeout)?,
+        log_level,
+    })
+}
+
+/// Request limits and timeouts.
+fn ingest_section(f: &FileConfig) -> Result<gateway::Settings, Error> {
+    let d = gateway::Settings::default();
+    let limits = Limits {
+        max_head_bytes: in_range(
+            "max_head_bytes",
+            f.max_head_bytes,
+            d.limits.max_head_bytes,
+            1024,
+            1 << 20,
+        )?,
+        max_headers: in_range(
+            "max_headers",
+            f.max_headers,
+            d.limits.max_headers,
+            64,
+            HEADER_SLOTS,
+        )?,
+        max_body_bytes: in_range(
+            "max_body_bytes",
+            f.max_body_bytes,
+            d.limits.max_body_bytes,
+            1,
+            16 << 20,
+        )?,
+    };
+    let commit_timeout = duration("commit_timeout", &f.commit_timeout, d.commit_timeout)?;
+    if commit_timeout >= SENDER_RESPONSE_BUDGET {
+        return Err(bad(
+            "commit_timeout",
+            "must be under 15s: the sender gives up on a response after 15 s",
+        ));
+    }
+    Ok(gateway::Settings {
+        limits,
+        head_timeout: duration("head_timeout", &f.head_timeout, d.head_timeout)?,
+        body_timeout: duration("body_timeout", &f.body_timeout, d.body_timeout)?,
+        idle_timeout: duration("idle_timeout", &f.idle_timeout, d.idle_timeout)?,
+        write_timeout: duration("write_timeout", &f.write_timeout, d.write_timeout)?,
+        commit_timeout,
+        max_json_depth: in_range("max_json_depth", f.max_json_depth, d.max_json_depth, 1, 64)?,
+    })
+}
+
+/// Batching, dedup, durability, the disk floor and the map.
+fn writer_section(f: &FileConfig) -> Result<writer::Settings, Error> {
+    let d = writer::Settings::default();
+    let durability = match f.durability.as_deref() {
+        None | Some("fsync") => Durability::Fsync,
+        Some("interval") => Durability::Interval(duration(
+            "sync_interval",
+            &f.sync_interval,
+            writer::DEFAULT_SYNC_INTERVAL,
+        )?),
+        Some(other) => {
+            return Err(bad(
+                "durability",
+                format_args!("{other:?}: must be \"fsync\" or \"interval\""),
+            ));
+        }
+    };
+    let dedup_window = duration("dedup_window", &f.dedup_window, d.dedup_window)?;
+    if dedup_window < writer::MIN_DEDUP_WINDOW {
+        return Err(bad(
+            "dedup_window",
+            "must be at least 16m, the sender's retry window",
+        ));
+    }
+    let map_bytes = in_range(
+        "map_size_bytes",
+        f.map_size_bytes,
+        d.map_bytes,
+        1 << 20,
+        1 << 44,
+    )?;
+    let max_map_bytes = in_range(
+        "max_map_size_bytes",
+        f.max_map_size_bytes,
+        d.max_map_bytes.max(map_bytes),
+        1 << 20,
+        1 << 44,
+    )?;
+    if max_map_bytes < map_bytes {
+        return Err(bad("max_map_size_bytes", "is smaller than map_size_bytes"));
+    }
+    Ok(writer::Settings {
+        batch_max: in_range("batch_max", f.batch_max, d.batch_max, 1, 65_536)?,
+        queue_capacity: in_range(
+            "queue_capacity",
+            f.queue_capacity,
+            d.queue_capacity,
+            1,
+            1 << 20,
+        )?,
+        dedup_window,
+        dedup_memory_events: in_range(
+            "dedup_memory_events",
+            f.dedup_memory_events,
+            d.dedup_memory_events,
+            writer::MIN_DEDUP_MEMORY_EVENTS,
+            writer::MAX_DEDUP_MEMORY_EVENTS,
+        )?,
+        durability,
+        min_free_disk_bytes: f.min_free_disk_bytes.unwrap_or(d.min_free_disk_bytes),
+        map_bytes,
+        max_map_bytes,
+        file_headroom_bytes: in_range(
+            "file_headroom_bytes",
+            f.file_headroom_bytes,
+            d.file_headroom_bytes,
+            0,
+            1 << 40,
+        )?,
+    })
+}
+
+/// Days to keep events per kind, and quarantine.
+fn retention_section(f: &FileConfig) -> Result<Policy, Error> {
+    let mut retention = Policy {
+        quarantine_days: f.quarantine_retention_days,
+        ..Policy::default()
+    };
+    for (kind, days) in f.retention_days.clone().unwrap_or_default() {
+        if days == 0 {
+            return Err(bad(
+                "retention_days",
+                format_args!("{kind} = 0: leave the kind out to keep it forever"),
+            ));
+        }
+        if kind == "default" {
+            retention.default_days = Some(days);
+        } else {
+            retention.days_by_kind.insert(kind, days);
+        }
+    }
+    if retention.quarantine_days == Some(0) {
+        return Err(bad(
+            "quarantine_retention_days",
+            "0: leave it out to keep quarantine forever",
+        ));
+    }
+    Ok(retention)
 }
 
 /// `192.0.2.0/24`, `2001:db8::/32`, or a single address (`192.0.2.7`).
@@ -615,19 +494,31 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = parse("").unwrap();
-        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(c.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
-        assert_eq!(c.commit_timeout, DEFAULT_COMMIT_TIMEOUT);
-        assert_eq!(c.file_headroom_bytes, DEFAULT_FILE_HEADROOM_BYTES);
-        assert_eq!(c.workers, default_workers());
+        assert_eq!(c.serve.listen, serve::DEFAULT_LISTEN);
+        assert_eq!(
+            c.ingest.limits.max_body_bytes,
+            gateway::DEFAULT_MAX_BODY_BYTES
+        );
+        assert_eq!(c.ingest.commit_timeout, gateway::DEFAULT_COMMIT_TIMEOUT);
+        assert_eq!(
+            c.writer.file_headroom_bytes,
+            writer::DEFAULT_FILE_HEADROOM_BYTES
+        );
+        assert_eq!(c.serve.workers, serve::default_workers());
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(c.workers, (cores - 1).max(1));
+        assert_eq!(c.serve.workers, (cores - 1).max(1));
         assert_eq!(
             parse("file_headroom_bytes = 0")
                 .unwrap()
+                .writer
                 .file_headroom_bytes,
             0
         );
+        // Each stage's defaults are the configuration's: tests and benches that take a
+        // stage's `Settings::default()` run what production runs.
+        assert_eq!(c.serve, serve::Settings::default());
+        assert_eq!(c.ingest, gateway::Settings::default());
+        assert_eq!(c.writer, writer::Settings::default());
     }
 
     #[test]
@@ -637,7 +528,7 @@ mod tests {
             listen: Some("127.0.0.1:2".into()),
             ..Flags::default()
         };
-        assert_eq!(Config::build(file, &flags).unwrap().listen.port(), 2);
+        assert_eq!(Config::build(file, &flags).unwrap().serve.listen.port(), 2);
     }
 
     #[test]
@@ -677,19 +568,19 @@ mod tests {
     #[test]
     fn new_keys_parse() {
         let c = parse("admin_listen = \"off\"\nallow_from = [\"192.0.2.0/24\", \"2001:db8::1\"]\nretention_days = { cdr = 400, default = 90 }\nquarantine_retention_days = 800\ndurability = \"interval\"\nsync_interval = \"50ms\"\n").unwrap();
-        assert_eq!(c.admin_listen, None);
+        assert_eq!(c.serve.admin_listen, None);
         assert_eq!(c.allow_from.len(), 2);
         assert!(c.allow_from[0].contains(&"192.0.2.77".parse::<std::net::IpAddr>().unwrap()));
         assert_eq!(c.retention.days_by_kind.get("cdr"), Some(&400));
         assert_eq!(c.retention.default_days, Some(90));
         assert_eq!(
-            c.durability,
+            c.writer.durability,
             Durability::Interval(Duration::from_millis(50))
         );
         let d = parse("").unwrap();
         assert_eq!(
-            d.admin_listen.map(|a| a.to_string()).as_deref(),
-            Some(DEFAULT_ADMIN_LISTEN)
+            d.serve.admin_listen,
+            Some(crate::ops::admin::DEFAULT_ADMIN_LISTEN)
         );
         assert!(d.retention.is_keep_all());
     }

@@ -34,6 +34,34 @@ pub const MAX_KIND_BYTES: usize = 64;
 /// Longest Content-Type kept in a record; longer values are cut (the body is never cut).
 pub const MAX_CONTENT_TYPE_BYTES: usize = 1024;
 
+/// The three webhooks didlogic sends: the endpoints it is given, and the kinds of event they
+/// carry. The one table of kind names: routing, metrics labels and the reader's columns use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Cdr,
+    Recording,
+    Sms,
+}
+
+impl Hook {
+    /// Every hook, in the order the start-up line prints them.
+    pub const ALL: [Hook; 3] = [Hook::Cdr, Hook::Recording, Hook::Sms];
+
+    /// The last path segment, also the default kind of a body posted here.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Cdr => "cdr",
+            Hook::Recording => "recording",
+            Hook::Sms => "sms",
+        }
+    }
+
+    /// The hook of that name (a path segment, or a stored kind).
+    pub fn from_name(s: &[u8]) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.name().as_bytes() == s)
+    }
+}
+
 /// How the body was decoded when it was accepted; readers render the payload from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyFormat {

@@ -233,13 +233,15 @@ fn main() -> ExitCode {
                 ..a.data.flags()
             };
             let result = Config::load(&flags)
-                .map_err(|e| e.to_string())
-                .and_then(|cfg| didgate::serve::run(cfg, flags).map_err(|e| e.to_string()));
+                .map_err(|e| (e.to_string(), 1))
+                .and_then(|cfg| {
+                    didgate::serve::run(cfg, flags).map_err(|e| (e.to_string(), e.exit_code()))
+                });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
+                Err((e, code)) => {
                     eprintln!("didgate: error: {e}");
-                    ExitCode::from(1)
+                    ExitCode::from(code)
                 }
             }
         }

@@ -1,119 +1,155 @@
-//! `didgate serve`: start-up, the listeners, the accept loop with its connection cap and
-//! peer filter, reload, and graceful shutdown.
+//! `didgate serve`: process-level order. Lock the data directory, open the store, start the
+//! writer and the deadline sweeper, bind (or take systemd's sockets), announce the URLs, tell
+//! systemd READY, accept; on SIGHUP reload what can change live (tokens, `allow_from`, log
+//! level, retention); on SIGTERM/SIGINT stop accepting, let in-flight requests finish, commit,
+//! exit 0. A fatal storage error of the writer ends the process the same way, with its own
+//! exit status, so the service manager restarts it.
 //!
-//! Owns process-level order: lock the data directory, open the store, start the writer, bind
-//! (or take systemd's sockets), announce the URLs, tell systemd READY, accept; on SIGHUP reload
-//! what can change live (tokens, `allow_from`, log level, retention); on SIGTERM/SIGINT stop
-//! accepting, let in-flight requests finish, commit, exit 0. One coroutine per connection runs
-//! `connection::serve`.
+//! The threads it starts: the coroutine workers (`may`, one coroutine per connection), the
+//! writer, the deadline sweeper, the watchdog when systemd asks for one, and this one, which
+//! waits for signals and the writer's end.
 
 use std::fs::{File, OpenOptions};
-use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
-use socket2::{Domain, Socket, Type};
-
-use crate::config::{Config, Durability, Flags};
+use crate::config::{Config, Flags};
+use crate::event::Hook;
 use crate::ingest::deadline::Deadlines;
-use crate::ingest::route::Hook;
-use crate::ingest::{connection, http};
-use crate::ops::metrics::Metrics;
-use crate::ops::{admin, notify};
-use crate::store::{self, Store};
-use crate::writer::{self, Health, Queue, Writer};
+use crate::ingest::gateway::{Access, Gateway};
+use crate::ingest::listener::{self, DEFAULT_LISTEN_BACKLOG};
+use crate::ops::admin::{self, Admin, DEFAULT_ADMIN_LISTEN};
+use crate::ops::health::Health;
+use crate::ops::log::Level;
+use crate::ops::metrics::{Metrics, Rejection};
+use crate::ops::notify;
+use crate::store::Store;
+use crate::writer::{FATAL_EXIT_GRACE, Fatal, Writer};
 
 /// Name of the lock file that keeps a second `serve` off the same data directory.
 pub const LOCK_FILE: &str = "serve.lock";
 
-/// How long the accept loop sleeps when at the connection cap or out of descriptors, instead
-/// of spinning on a listener it cannot serve.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// Listen address: all interfaces, port 8080 (unprivileged; see `docs/` for port 80/443).
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080));
+/// On SIGTERM, how long in-flight requests get to finish before the process exits anyway.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Coroutine stack. Measured use is ~20 KiB (8 KiB of it the header array); simd-json's parser
+/// recursion is bounded by the depth limit. 64 KiB leaves a wide margin.
+pub const DEFAULT_STACK_BYTES: usize = 64 * 1024;
+/// Smallest stack accepted.
+pub const MIN_STACK_BYTES: usize = 64 * 1024;
+/// Finished coroutines kept for reuse. `may` creates its whole pool at start-up (1000 by
+/// default, about 19 MiB resident before any connection); 128 covers the reuse of a burst at
+/// a fraction of that, and more connections simply create coroutines on demand.
+pub const DEFAULT_COROUTINE_POOL: usize = 128;
+/// Descriptors kept back from the connection cap for LMDB, the listener, logs and the writer.
+pub const RESERVED_FDS: usize = 64;
 
-/// What each connection needs to know, fixed at start-up.
-#[derive(Clone, Debug)]
+/// Exit status when the storage became unusable (LMDB's `MDB_PANIC`): only a restart of the
+/// process recovers, and systemd's `Restart=on-failure` does that. (EX_SOFTWARE.)
+pub const EXIT_STORE_UNUSABLE: u8 = 70;
+
+/// Coroutine worker threads when `workers` is not set: one per core but one, at least one. The
+/// writer thread is the one stage every event passes alone (decode, commit, fsync, wake); left a
+/// core, it is not queued behind workers (docs/performance.md, "Workers").
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
+/// The connection cap derived from the soft descriptor limit, less [`RESERVED_FDS`].
+pub fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid `lim` out-pointer and has no other effects.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    let soft = if ok && lim.rlim_cur != libc::RLIM_INFINITY {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        65_536
+    };
+    soft.saturating_sub(RESERVED_FDS).max(16)
+}
+
+/// The process: listeners, runtime, shutdown and log level; the default is production's.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    pub limits: http::Limits,
-    pub head_timeout: Duration,
-    pub body_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub write_timeout: Duration,
-    pub commit_timeout: Duration,
-    pub max_json_depth: usize,
+    pub listen: SocketAddr,
+    /// Pending connections the kernel queues while the accept loop catches up with a burst.
+    pub listen_backlog: u32,
+    /// Open connections at most; the accept loop waits while at the cap.
+    pub max_connections: usize,
+    /// `None`: no admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Coroutine worker threads.
+    pub workers: usize,
+    pub stack_bytes: usize,
+    pub coroutine_pool: usize,
+    pub shutdown_timeout: Duration,
+    pub log_level: Level,
 }
 
-/// Who may post: replaced as a whole on reload.
-#[derive(Clone, Debug, Default)]
-pub struct Access {
-    /// Accepted path tokens: the current one, and during a rotation the previous one.
-    pub tokens: Vec<Vec<u8>>,
-    /// Allowed peer ranges; empty allows everyone.
-    pub allow_from: Vec<IpNet>,
-}
-
-impl Access {
-    /// Whether a peer may connect (IPv4-mapped IPv6 peers are judged as IPv4).
-    pub fn allows(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.allow_from.is_empty() || self.allow_from.iter().any(|n| n.contains(&ip))
-    }
-}
-
-/// State shared by the accept loop and every connection.
-pub struct Shared {
-    access: RwLock<Arc<Access>>,
-    pub queue: Queue,
-    pub settings: Settings,
-    shutting_down: AtomicBool,
-    /// Requests between parsed head and written answer.
-    pub in_flight: AtomicUsize,
-    /// Open connections (the cap applies to this).
-    pub open_connections: AtomicUsize,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
-    /// Times out requests waiting longer than `commit_timeout` for their commit.
-    pub deadlines: Deadlines,
-}
-
-impl Shared {
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-
-    /// The access rules in force now.
-    pub fn access(&self) -> Arc<Access> {
-        match self.access.read() {
-            Ok(a) => a.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: DEFAULT_LISTEN,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            max_connections: default_max_connections(),
+            admin_listen: Some(DEFAULT_ADMIN_LISTEN),
+            workers: default_workers(),
+            stack_bytes: DEFAULT_STACK_BYTES,
+            coroutine_pool: DEFAULT_COROUTINE_POOL,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            log_level: Level::Info,
         }
     }
-
-    fn set_access(&self, access: Access) {
-        let mut guard = match self.access.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *guard = Arc::new(access);
-    }
 }
 
-/// Why `serve` could not start or run.
+/// Why `serve` could not start, or had to stop.
 #[derive(Debug)]
-pub struct Error(pub String);
+pub enum Error {
+    /// Start-up failed; the message names what to fix.
+    Start(String),
+    /// The storage became unusable while running: exit [`EXIT_STORE_UNUSABLE`].
+    Fatal(Fatal),
+}
+
+impl Error {
+    /// The process's exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Start(_) => 1,
+            Error::Fatal(_) => EXIT_STORE_UNUSABLE,
+        }
+    }
+}
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            Error::Start(m) => f.write_str(m),
+            Error::Fatal(e) => write!(f, "{e}; exiting so the service manager restarts didgate"),
+        }
     }
 }
 
 impl std::error::Error for Error {}
+
+impl From<listener::BindError> for Error {
+    fn from(e: listener::BindError) -> Self {
+        Error::Start(e.0)
+    }
+}
+
+fn start_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Start(format!("{what}: {e}"))
+}
 
 fn access_of(cfg: &Config, token: &str) -> Access {
     let mut tokens = vec![token.as_bytes().to_vec()];
@@ -124,104 +160,85 @@ fn access_of(cfg: &Config, token: &str) -> Access {
     }
 }
 
+/// What the signal-waiting thread is told.
+enum Wake {
+    Signal(i32),
+    /// The writer thread ended on its own: a fatal storage error.
+    WriterEnded,
+}
+
 /// Runs the gateway until SIGTERM or SIGINT, then shuts down gracefully. `flags` are kept to
 /// re-read the configuration on SIGHUP.
 ///
 /// # Errors
-/// Start-up failures (data directory locked or unusable, port taken, store unreadable) and
-/// signal set-up failures, each with a message naming what to fix.
+/// [`Error::Start`]: the data directory is locked or unusable, the port taken, the store
+/// unreadable, signals cannot be set up. [`Error::Fatal`]: the storage became unusable while
+/// running (after the grace period that lets 503s be written).
 pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
-    crate::ops::log::set_level(cfg.log_level);
+    crate::ops::log::set_level(cfg.serve.log_level);
     // First, before any file is opened: a passed socket must be taken while its number is
     // still its own.
-    let passed = notify::take_listener().map_err(|e| Error(format!("socket activation: {e}")))?;
+    let passed = notify::take_listener().map_err(start_error("socket activation"))?;
     let mut signals =
         signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
-            .map_err(|e| Error(format!("cannot install signal handlers: {e}")))?;
+            .map_err(start_error("cannot install signal handlers"))?;
     let dir = &cfg.data_dir;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
         .create(dir)
         .map_err(|e| {
-            Error(format!(
+            Error::Start(format!(
                 "cannot create data directory {}: {e}",
                 dir.display()
             ))
         })?;
     let _lock = lock_data_dir(dir)?;
     let token = crate::ops::token::load_or_create(dir, cfg.token.as_deref())
-        .map_err(|e| Error(format!("cannot read or create the token: {e}")))?;
-    let sync = match cfg.durability {
-        Durability::Fsync => store::Sync::EveryCommit,
-        Durability::Interval(_) => store::Sync::Deferred,
-    };
-    let map_bytes = usize::try_from(cfg.map_size_bytes).unwrap_or(usize::MAX);
-    let store = Store::open_writer_with(dir, map_bytes, sync)
-        .map_err(|e| Error(format!("cannot open the store in {}: {e}", dir.display())))?;
+        .map_err(start_error("cannot read or create the token"))?;
+    let map_bytes = usize::try_from(cfg.writer.map_bytes).unwrap_or(usize::MAX);
+    let store = Store::open_writer_with(dir, map_bytes, cfg.writer.durability.store_sync())
+        .map_err(|e| Error::Start(format!("cannot open the store in {}: {e}", dir.display())))?;
 
     // The runtime reads these when it starts, which is the first coroutine or socket below.
     may::config()
-        .set_workers(cfg.workers)
-        .set_pool_capacity(cfg.coroutine_pool)
-        .set_stack_size(cfg.stack_bytes / std::mem::size_of::<usize>());
+        .set_workers(cfg.serve.workers)
+        .set_pool_capacity(cfg.serve.coroutine_pool)
+        .set_stack_size(cfg.serve.stack_bytes / std::mem::size_of::<usize>());
 
     let listener = match passed {
         Some(l) => l,
-        None => bind(cfg.listen, cfg.listen_backlog)?,
+        None => listener::bind(cfg.serve.listen, cfg.serve.listen_backlog)?,
     };
     let local = listener
         .local_addr()
-        .map_err(|e| Error(format!("cannot read the bound address: {e}")))?;
-    let admin = match cfg.admin_listen {
-        Some(addr) => Some(bind(addr, 64)?),
+        .map_err(start_error("cannot read the bound address"))?;
+    let admin = match cfg.serve.admin_listen {
+        Some(addr) => Some(listener::bind(addr, 64)?),
         None => None,
     };
     let listen_fd = listener.as_raw_fd();
     let admin_fd = admin.as_ref().map(AsRawFd::as_raw_fd);
 
     let metrics = Arc::new(Metrics::default());
-    let (writer, queue) = Writer::spawn_with(
+    let health = Arc::new(Health::default());
+    let (writer, queue) = Writer::spawn(
         store,
-        writer::Settings {
-            batch_max: cfg.batch_max,
-            queue_capacity: cfg.queue_capacity,
-            dedup_window: cfg.dedup_window,
-            dedup_memory_events: cfg.dedup_memory_events,
-            sync_interval: match cfg.durability {
-                Durability::Fsync => None,
-                Durability::Interval(d) => Some(d),
-            },
-            min_free_disk_bytes: cfg.min_free_disk_bytes,
-            max_map_bytes: cfg.max_map_size_bytes,
-            file_headroom_bytes: cfg.file_headroom_bytes,
-        },
+        cfg.writer.clone(),
         metrics.clone(),
+        health.clone(),
         cfg.retention.clone(),
     )
-    .map_err(|e| Error(format!("cannot start the writer thread: {e}")))?;
-    let deadlines =
-        Deadlines::start().map_err(|e| Error(format!("cannot start the deadline thread: {e}")))?;
-
-    let shared = Arc::new(Shared {
-        access: RwLock::new(Arc::new(access_of(&cfg, &token))),
-        queue,
-        settings: Settings {
-            limits: cfg.limits,
-            head_timeout: cfg.head_timeout,
-            body_timeout: cfg.body_timeout,
-            idle_timeout: cfg.idle_timeout,
-            write_timeout: cfg.write_timeout,
-            commit_timeout: cfg.commit_timeout,
-            max_json_depth: cfg.max_json_depth,
-        },
-        shutting_down: AtomicBool::new(false),
-        in_flight: AtomicUsize::new(0),
-        open_connections: AtomicUsize::new(0),
-        metrics,
-        health: writer.health.clone(),
+    .map_err(start_error("cannot start the writer thread"))?;
+    let deadlines = Deadlines::start().map_err(start_error("cannot start the deadline thread"))?;
+    let gateway = Arc::new(Gateway::new(
+        access_of(&cfg, &token),
+        queue.clone(),
+        cfg.ingest.clone(),
+        metrics.clone(),
+        health.clone(),
         deadlines,
-    });
+    ));
 
     announce(
         local,
@@ -233,41 +250,74 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         // SAFETY: `into_raw_fd` hands over sole ownership of a valid, listening socket; the
         // may listener becomes its only owner.
         let listener = unsafe { may::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-        let shared = shared.clone();
-        let max = cfg.max_connections;
-        may::go!(move || accept_loop(listener, &shared, max))
+        let gateway = gateway.clone();
+        let max = cfg.serve.max_connections;
+        // Why spawning is sound (`go!` spawns unsafely): the accept loop blocks only in may's
+        // accept and sleep, which park the coroutine, and keeps no thread-local state.
+        may::go!(move || listener::accept_loop(listener, &gateway, max))
     };
     let admin_accept = admin.map(|a| {
         // SAFETY: as above, for the admin socket.
         let listener = unsafe { may::net::TcpListener::from_raw_fd(a.into_raw_fd()) };
-        let shared = shared.clone();
-        may::go!(move || admin::accept_loop(listener, shared))
+        let admin = Arc::new(Admin {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            queue,
+        });
+        // Why spawning is sound: as above.
+        may::go!(move || admin::accept_loop(listener, admin))
     });
     notify::notify("READY=1\nSTATUS=accepting webhooks");
     if let Some(interval) = notify::watchdog_interval() {
-        start_watchdog(interval, shared.clone());
+        start_watchdog(interval, health.clone());
     }
 
+    // Signals arrive on their own thread; this one waits for them and for the writer's end.
+    let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
+    let forwarder = signals.handle();
+    std::thread::Builder::new()
+        .name("didgate-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if wake_tx.send(Wake::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(start_error("cannot start the signal thread"))?;
     let mut cfg = cfg;
-    let signal = loop {
-        let signal = signals.forever().next().unwrap_or(libc::SIGTERM);
-        if signal != libc::SIGHUP {
-            break signal;
-        }
-        if let Some(new) = reload(&flags, &cfg, &token, &shared, &writer) {
-            cfg = new;
+    let wake = loop {
+        let wake = crossbeam_channel::select! {
+            recv(wake_rx) -> w => w.unwrap_or(Wake::Signal(libc::SIGTERM)),
+            recv(writer.ended()) -> _ => Wake::WriterEnded,
+        };
+        match wake {
+            Wake::Signal(libc::SIGHUP) => {
+                if let Some(new) = reload(&flags, &cfg, &token, &gateway, &writer) {
+                    cfg = new;
+                }
+            }
+            other => break other,
         }
     };
-    crate::ops::log::info(format_args!(
-        "received {}, finishing in-flight requests",
-        if signal == libc::SIGINT {
-            "SIGINT"
-        } else {
-            "SIGTERM"
+    forwarder.close();
+    let grace = match wake {
+        Wake::Signal(signal) => {
+            crate::ops::log::info(format_args!(
+                "received {}, finishing in-flight requests",
+                if signal == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                }
+            ));
+            notify::notify("STOPPING=1\nSTATUS=finishing in-flight requests");
+            cfg.serve.shutdown_timeout
         }
-    ));
-    notify::notify("STOPPING=1\nSTATUS=finishing in-flight requests");
-    shared.shutting_down.store(true, Ordering::SeqCst);
+        // Every queued request was answered 503 by the writer: let those answers be written.
+        Wake::WriterEnded => FATAL_EXIT_GRACE,
+    };
+    health.start_shutdown();
     // Stop accepting: a listening socket shut for reading wakes its accept with an error and
     // refuses new connections, so senders see "connection refused" and retry later.
     stop_listening(listen_fd);
@@ -276,22 +326,21 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         stop_listening(fd);
         let _ = handle.join();
     }
-    let deadline = Instant::now() + cfg.shutdown_timeout;
-    while shared.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    let deadline = Instant::now() + grace;
+    while gateway.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let unfinished = shared.in_flight.load(Ordering::SeqCst);
-    let stats = writer.stats.clone();
-    writer.stop();
+    let unfinished = gateway.in_flight.load(Ordering::SeqCst);
+    let result = writer.stop();
     crate::ops::log::info(format_args!(
         "stopped: {} commits, {} events written this run ({} duplicates, {} quarantined), {} unfinished requests",
-        stats.commits.load(Ordering::Relaxed),
-        stats.jobs.load(Ordering::Relaxed),
-        stats.duplicates.load(Ordering::Relaxed),
-        stats.quarantined.load(Ordering::Relaxed),
+        metrics.commits.load(Ordering::Relaxed),
+        metrics.batch_events.sum_whole(),
+        metrics.rejected(Rejection::Duplicate),
+        metrics.rejected(Rejection::Quarantined),
         unfinished
     ));
-    Ok(())
+    result.map_err(Error::Fatal)
 }
 
 fn stop_listening(fd: RawFd) {
@@ -308,12 +357,11 @@ fn reload(
     flags: &Flags,
     old: &Config,
     token: &str,
-    shared: &Shared,
+    gateway: &Gateway,
     writer: &Writer,
 ) -> Option<Config> {
     notify::notify("RELOADING=1");
-    let result = Config::load(flags);
-    let new = match result {
+    let new = match Config::load(flags) {
         Ok(new) => new,
         Err(e) => {
             crate::ops::log::error(format_args!(
@@ -325,19 +373,23 @@ fn reload(
     };
     // The token given on the command line or in the file wins; otherwise the kept one stays.
     let token = new.token.clone().unwrap_or_else(|| token.to_string());
-    shared.set_access(access_of(&new, &token));
-    crate::ops::log::set_level(new.log_level);
+    gateway.set_access(access_of(&new, &token));
+    crate::ops::log::set_level(new.serve.log_level);
     if let Ok(mut policy) = writer.retention.lock() {
         *policy = new.retention.clone();
     }
     let fixed = [
-        ("listen", old.listen != new.listen),
+        ("listen", old.serve.listen != new.serve.listen),
         ("data_dir", old.data_dir != new.data_dir),
-        ("admin_listen", old.admin_listen != new.admin_listen),
-        ("durability", old.durability != new.durability),
+        (
+            "admin_listen",
+            old.serve.admin_listen != new.serve.admin_listen,
+        ),
+        ("durability", old.writer.durability != new.writer.durability),
         (
             "limits and timeouts",
-            old.limits != new.limits || old.commit_timeout != new.commit_timeout,
+            old.ingest.limits != new.ingest.limits
+                || old.ingest.commit_timeout != new.ingest.commit_timeout,
         ),
     ];
     let restart: Vec<&str> = fixed
@@ -357,26 +409,26 @@ fn reload(
     Some(new)
 }
 
-/// Pings systemd's watchdog at half its interval, but only while the writer loop is alive:
-/// a wedged writer stops the pings and systemd restarts the service.
-fn start_watchdog(interval: Duration, shared: Arc<Shared>) {
+/// Pings systemd's watchdog at half its interval, but only while the writer loop passed within
+/// that period ([`Health::writer_stalled`]): a wedged writer stops the pings and systemd
+/// restarts the service.
+fn start_watchdog(interval: Duration, health: Arc<Health>) {
     let period = interval / 2;
     let spawned = std::thread::Builder::new()
         .name("didgate-watchdog".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(period);
-                let beat = shared.metrics.writer_heartbeat_ms.load(Ordering::Relaxed);
-                let age = u64::try_from(crate::timestamp::now_ms())
-                    .unwrap_or(0)
-                    .saturating_sub(beat);
-                if age < period.as_millis() as u64 {
-                    notify::notify("WATCHDOG=1");
-                } else {
+                if health.writer_stalled(period) {
                     crate::ops::log::warn_limited(
                         "watchdog",
-                        format_args!("writer loop silent for {age} ms: not pinging the watchdog"),
+                        format_args!(
+                            "writer loop silent for {} ms: not pinging the watchdog",
+                            health.writer_silent_for().as_millis()
+                        ),
                     );
+                } else {
+                    notify::notify("WATCHDOG=1");
                 }
             }
         });
@@ -393,38 +445,17 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<File, Error> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| Error(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| Error::Start(format!("cannot open {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error(format!(
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Start(format!(
             "another `didgate serve` is already using {} (stop it first, or pass another --data)",
             dir.display()
         ))),
         Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error(format!("cannot lock {}: {e}", path.display())))
+            Err(Error::Start(format!("cannot lock {}: {e}", path.display())))
         }
     }
-}
-
-/// Binds without `SO_REUSEPORT` (which `may`'s own `bind` sets): with it, a second gateway on
-/// the same port would silently take half the traffic; without it, the second one fails here.
-fn bind(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, Error> {
-    let fail = |e: std::io::Error| {
-        if e.kind() == ErrorKind::AddrInUse {
-            Error(format!(
-                "cannot listen on {addr}: address already in use (is another didgate or server running there?)"
-            ))
-        } else {
-            Error(format!("cannot listen on {addr}: {e}"))
-        }
-    };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
-    socket.set_reuse_address(true).map_err(fail)?;
-    socket.bind(&addr.into()).map_err(fail)?;
-    socket
-        .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
-        .map_err(fail)?;
-    Ok(socket.into())
 }
 
 /// Prints, once, the URLs to give didlogic. The only place the token is ever written out.
@@ -450,58 +481,5 @@ fn announce(local: SocketAddr, token: &str, dir: &std::path::Path, admin: Option
             local.port(),
             hook.name()
         );
-    }
-}
-
-fn accept_loop(listener: may::net::TcpListener, shared: &Arc<Shared>, max_connections: usize) {
-    loop {
-        if shared.is_shutting_down() {
-            return;
-        }
-        if shared.open_connections.load(Ordering::Relaxed) >= max_connections {
-            crate::ops::log::warn_limited(
-                "connection-cap",
-                format_args!("at the connection cap ({max_connections}); new connections wait"),
-            );
-            may::coroutine::sleep(ACCEPT_BACKOFF);
-            continue;
-        }
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if !shared.access().allows(peer.ip()) {
-                    // Closed before a byte is read.
-                    shared.metrics.reject("denied_peer");
-                    drop(stream);
-                    continue;
-                }
-                shared
-                    .metrics
-                    .connections_accepted
-                    .fetch_add(1, Ordering::Relaxed);
-                shared.open_connections.fetch_add(1, Ordering::Relaxed);
-                let shared = shared.clone();
-                may::go!(move || {
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        connection::serve(stream, peer, &shared)
-                    }));
-                    if result.is_err() {
-                        shared.metrics.panics.fetch_add(1, Ordering::Relaxed);
-                        crate::ops::log::error(format_args!(
-                            "a connection from {} panicked; it was closed, the gateway goes on",
-                            peer.ip()
-                        ));
-                    }
-                    shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            Err(_) if shared.is_shutting_down() => return,
-            Err(e) => {
-                // EMFILE/ENFILE (out of descriptors), ENOBUFS/ENOMEM: back off and retry once
-                // connections close; ECONNABORTED and friends: the next accept is fine.
-                shared.metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
-                crate::ops::log::warn_limited("accept", format_args!("accept failed: {e}"));
-                may::coroutine::sleep(ACCEPT_BACKOFF);
-            }
-        }
     }
 }

@@ -1,9 +1,9 @@
 //! One connection: read requests, frame them, hand events to the writer, and answer in order.
 //!
 //! Owns the per-connection loop (one coroutine each): buffers, deadlines, pipelining,
-//! `Expect: 100-continue`, keep-alive and closing. It does not own framing rules (`http.rs`),
-//! routing (`route.rs`), decoding (`decode/`), statuses (`response.rs`) or the accept loop
-//! (`server.rs`).
+//! `Expect: 100-continue`, keep-alive and closing. It does not own framing rules (`http/`,
+//! which it drives through one `Framer`), routing (`route.rs`), decoding (`decode/`), statuses
+//! (`response.rs`) or the accept loop (`listener.rs`).
 //!
 //! Responses leave in request order. Requests already in the buffer are parsed and queued
 //! without waiting for earlier commits (pipelining); answers are written whenever the loop is
@@ -24,11 +24,11 @@ use may::net::TcpStream;
 use crate::event::{BodyFormat, Event, MAX_CONTENT_TYPE_BYTES};
 use crate::ingest::deadline::SocketDeadline;
 use crate::ingest::decode::{self, Decoded, JsonDecoder};
+use crate::ingest::gateway::Gateway;
 use crate::ingest::http::{self, Frame, Framer, Head, Method};
 use crate::ingest::response::{Answer, Unavailable};
 use crate::ingest::route::{self, Hook, Route};
-use crate::ops::metrics::RouteLabel;
-use crate::serve::Shared;
+use crate::ops::metrics::Rejection;
 use crate::writer::{Job, Outcome, Reply, SubmitError};
 
 /// Bytes asked of the socket by the first read of a connection, and at least by every read.
@@ -82,7 +82,7 @@ impl Drop for InFlight<'_> {
 struct Pending<'a> {
     what: PendingAnswer,
     /// Which hook it was for, for the request counters.
-    route: RouteLabel,
+    route: Option<Hook>,
     keep_alive: bool,
     http10: bool,
     _in_flight: InFlight<'a>,
@@ -110,22 +110,22 @@ enum End {
 }
 
 /// Serves one accepted connection until it closes.
-pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+pub fn serve(stream: TcpStream, peer: SocketAddr, gateway: &Gateway) {
     let _ = stream.set_nodelay(true);
-    let deadline = shared.deadlines.watch_socket(&stream);
+    let deadline = gateway.deadlines.watch_socket(&stream);
     let mut conn = Conn {
         stream,
         deadline,
         readable: true,
         peer,
-        shared,
+        gateway,
         rbuf: Vec::new(),
         start: 0,
-        framer: Framer::new(shared.settings.limits),
+        framer: Framer::new(gateway.settings.limits),
         wbuf: Vec::with_capacity(256),
         pending: VecDeque::new(),
         json: None,
-        route: RouteLabel::Other,
+        route: None,
     };
     if let End::Close = conn.run() {
         conn.linger();
@@ -140,7 +140,7 @@ struct Conn<'a> {
     /// read event (see [`Conn::fill`]).
     readable: bool,
     peer: SocketAddr,
-    shared: &'a Shared,
+    gateway: &'a Gateway,
     /// Bytes read; `start` is where the unconsumed part begins.
     rbuf: Vec<u8>,
     start: usize,
@@ -152,7 +152,7 @@ struct Conn<'a> {
     /// buffers.
     json: Option<JsonDecoder>,
     /// The hook of the request being handled (`Other` until routed).
-    route: RouteLabel,
+    route: Option<Hook>,
 }
 
 impl<'a> Conn<'a> {
@@ -163,7 +163,7 @@ impl<'a> Conn<'a> {
                 Ok(None) => return self.finish(),
                 Err(end) => return end,
             };
-            let in_flight = InFlight::new(&self.shared.in_flight);
+            let in_flight = InFlight::new(&self.gateway.in_flight);
             match self.handle(head, in_flight) {
                 Ok(true) => {}
                 Ok(false) => return self.finish(),
@@ -178,8 +178,8 @@ impl<'a> Conn<'a> {
     /// Reads until a complete head is at `start`. `Ok(None)`: the client closed or went idle
     /// between requests (nothing to answer).
     fn next_head(&mut self) -> Result<Option<Head>, End> {
-        self.route = RouteLabel::Other;
-        let settings = &self.shared.settings;
+        self.route = None;
+        let settings = &self.gateway.settings;
         let mut head_started = (self.start < self.rbuf.len()).then(Instant::now);
         let idle_until = Instant::now() + settings.idle_timeout;
         let mut release_at = Some(Instant::now() + IDLE_RELEASE_AFTER);
@@ -193,7 +193,7 @@ impl<'a> Conn<'a> {
                 // (every body is read or the connection closed before the next head).
                 Ok((used, _)) => self.start += used,
                 Err(e) => {
-                    let in_flight = InFlight::new(&self.shared.in_flight);
+                    let in_flight = InFlight::new(&self.gateway.in_flight);
                     self.reject(Answer::Framing(e), in_flight, false);
                     return Err(self.finish());
                 }
@@ -219,7 +219,7 @@ impl<'a> Conn<'a> {
                 }
                 Fill::Timeout if head_started.is_none() => return Ok(None),
                 Fill::Timeout => {
-                    let in_flight = InFlight::new(&self.shared.in_flight);
+                    let in_flight = InFlight::new(&self.gateway.in_flight);
                     self.reject(Answer::RequestTimeout, in_flight, false);
                     return Err(self.finish());
                 }
@@ -229,17 +229,16 @@ impl<'a> Conn<'a> {
 
     /// Handles one request whose head is parsed. `Ok(true)`: the connection stays open.
     fn handle(&mut self, head: Head, in_flight: InFlight<'a>) -> Result<bool, End> {
-        let shared = self.shared;
-        let route = route::route(&head.target, &shared.access().tokens);
-        let label = match route {
-            Route::Hook(Hook::Cdr) => RouteLabel::Cdr,
-            Route::Hook(Hook::Recording) => RouteLabel::Recording,
-            Route::Hook(Hook::Sms) => RouteLabel::Sms,
-            Route::NotFound => RouteLabel::Other,
+        let gateway = self.gateway;
+        let route = route::route(&head.target, &gateway.access().tokens);
+        self.route = match route {
+            Route::Hook(hook) => Some(hook),
+            Route::NotFound => None,
         };
-        self.route = label;
         let early = match route {
-            _ if shared.is_shutting_down() => Err(Answer::Unavailable(Unavailable::ShuttingDown)),
+            _ if gateway.health.is_shutting_down() => {
+                Err(Answer::Unavailable(Unavailable::ShuttingDown))
+            }
             Route::NotFound => Err(Answer::NotFound),
             Route::Hook(_) if head.method != Method::Post => Err(Answer::MethodNotAllowed),
             Route::Hook(hook) => Ok(hook),
@@ -266,7 +265,7 @@ impl<'a> Conn<'a> {
             // The body did not arrive in time. No 4xx: the sender would treat it as final and
             // drop the event; a closed connection makes it retry.
             Ok(None) => {
-                shared.metrics.reject("body_timeout");
+                gateway.metrics.reject(Rejection::BodyTimeout);
                 return Err(self.finish_silently(in_flight));
             }
             Err(BodyError::Framing(e)) => {
@@ -276,7 +275,7 @@ impl<'a> Conn<'a> {
             Err(BodyError::Dead) => return Err(End::Dead),
         };
         let content_type = head.content_type.as_deref();
-        let max_depth = shared.settings.max_json_depth;
+        let max_depth = gateway.settings.max_json_depth;
         let json = self.json.get_or_insert_with(|| JsonDecoder::new(max_depth));
         let decoded = decode::decode_body(json, hook, content_type, &body);
         let (kind, format, callid, quarantine) = match decoded {
@@ -313,19 +312,15 @@ impl<'a> Conn<'a> {
             quarantine,
             reply: reply.clone(),
         };
-        if shared
-            .health
-            .disk_low
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if gateway.health.is_disk_low() {
             let what = PendingAnswer::Ready(Answer::Unavailable(Unavailable::DiskLow));
             self.push(what, head.keep_alive, head.http10, in_flight);
             return Ok(head.keep_alive);
         }
-        let what = match shared.queue.submit(job) {
+        let what = match gateway.queue.submit(job) {
             Ok(()) => {
-                let deadline = Instant::now() + shared.settings.commit_timeout;
-                shared.deadlines.watch(&reply, deadline);
+                let deadline = Instant::now() + gateway.settings.commit_timeout;
+                gateway.deadlines.watch(&reply, deadline);
                 PendingAnswer::Commit(reply)
             }
             Err(SubmitError::Full) => {
@@ -345,7 +340,7 @@ impl<'a> Conn<'a> {
 
     /// Reads the body the head announces. `Ok(None)` when the body deadline passed.
     fn read_body(&mut self, head: &Head) -> Result<Option<Vec<u8>>, BodyError> {
-        let deadline = Instant::now() + self.shared.settings.body_timeout;
+        let deadline = Instant::now() + self.gateway.settings.body_timeout;
         if head.expect_continue && !self.framer.body_is_buffered(self.rbuf.len() - self.start) {
             // RFC 9110 §10.1.1: the client waits for 100 before sending the body.
             self.flush().map_err(|_| BodyError::Dead)?;
@@ -424,7 +419,7 @@ impl<'a> Conn<'a> {
                     None => Answer::Unavailable(Unavailable::CommitTimeout),
                 },
             };
-            self.shared.metrics.answered(p.route, &answer);
+            self.gateway.metrics.answered(p.route, &answer);
             answer.write(&mut self.wbuf, p.keep_alive, p.http10);
             // `p` (and its in-flight count) is dropped once its bytes are queued.
         }
@@ -454,8 +449,9 @@ impl<'a> Conn<'a> {
                     deadline = None;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    let until = *deadline
-                        .get_or_insert_with(|| Instant::now() + self.shared.settings.write_timeout);
+                    let until = *deadline.get_or_insert_with(|| {
+                        Instant::now() + self.gateway.settings.write_timeout
+                    });
                     if !self.wait_socket(until) {
                         return Err(ErrorKind::TimedOut.into());
                     }

@@ -9,6 +9,8 @@
 pub mod connection;
 pub mod deadline;
 pub mod decode;
+pub mod gateway;
 pub mod http;
+pub mod listener;
 pub mod response;
 pub mod route;

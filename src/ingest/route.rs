@@ -6,31 +6,7 @@
 
 use subtle::ConstantTimeEq;
 
-/// The three webhook endpoints didlogic is given.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Cdr,
-    Recording,
-    Sms,
-}
-
-impl Hook {
-    /// Every hook, in the order the start-up line prints them.
-    pub const ALL: [Hook; 3] = [Hook::Cdr, Hook::Recording, Hook::Sms];
-
-    /// The last path segment, also the default kind of a body posted here.
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::Cdr => "cdr",
-            Hook::Recording => "recording",
-            Hook::Sms => "sms",
-        }
-    }
-
-    fn from_name(s: &[u8]) -> Option<Hook> {
-        Hook::ALL.into_iter().find(|h| h.name().as_bytes() == s)
-    }
-}
+pub use crate::event::Hook;
 
 /// Where a request target leads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,17 +1,19 @@
 //! The admin listener (default `127.0.0.1:9180`): `/metrics` for Prometheus, `/healthz`
 //! (alive) and `/readyz` (able to take events now).
 //!
-//! Owns those three endpoints and what "ready" means. One short request per connection, read
-//! with the same framing code as the hooks and tight limits; it never touches the store.
+//! Owns those three endpoints; what "ready" means is `health.rs`'s. One short request per
+//! connection, read with the same framer as the hooks and tight limits; it never touches the
+//! store.
 
 use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::ingest::http::{Frame, Framer, Limits, Method};
-use crate::serve::Shared;
-use crate::timestamp;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::writer::Queue;
 
 /// Admin requests are tiny; anything larger is not a scrape. A body is tolerated (and
 /// ignored) so that a stray POST gets a plain 404 rather than a framing error.
@@ -24,46 +26,34 @@ const ADMIN_LIMITS: Limits = Limits {
 /// The whole admin request must arrive within this.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The writer loop ticks every 100 ms; a heartbeat older than this means it is wedged.
-pub const WRITER_STALL: Duration = Duration::from_secs(5);
+/// Admin listener when none is configured: loopback only, as it is unauthenticated.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9180));
 
-/// Why the gateway is not ready, if it is not.
-pub fn not_ready(shared: &Shared) -> Vec<&'static str> {
-    let mut why = Vec::new();
-    if shared.is_shutting_down() {
-        why.push("shutting down");
-    }
-    if shared.health.disk_low.load(Ordering::Relaxed) {
-        why.push("free disk space below min_free_disk_bytes");
-    }
-    if shared.health.commit_failing.load(Ordering::Relaxed) {
-        why.push("the last commit failed");
-    }
-    let beat = shared.metrics.writer_heartbeat_ms.load(Ordering::Relaxed);
-    let age_ms = u64::try_from(timestamp::now_ms())
-        .unwrap_or(0)
-        .saturating_sub(beat);
-    if age_ms > WRITER_STALL.as_millis() as u64 {
-        why.push("the writer has not run for over 5 s");
-    }
-    why
+/// What the admin endpoints read: the counters, the health flags, the writer's queue.
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub queue: Queue,
 }
 
 /// Accepts admin connections until shutdown.
-pub fn accept_loop(listener: may::net::TcpListener, shared: Arc<Shared>) {
+pub fn accept_loop(listener: may::net::TcpListener, admin: Arc<Admin>) {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                let shared = shared.clone();
-                may::go!(move || handle(stream, &shared));
+                let admin = admin.clone();
+                // Why spawning is sound (`go!` spawns unsafely): the handler blocks only on
+                // may's socket, which parks the coroutine, and keeps no thread-local state.
+                may::go!(move || handle(stream, &admin));
             }
-            Err(_) if shared.is_shutting_down() => return,
+            Err(_) if admin.health.is_shutting_down() => return,
             Err(_) => may::coroutine::sleep(Duration::from_millis(50)),
         }
     }
 }
 
-fn handle(mut stream: may::net::TcpStream, shared: &Shared) {
+fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
     let deadline = Instant::now() + ADMIN_TIMEOUT;
     let _ = stream.set_write_timeout(Some(ADMIN_TIMEOUT));
     let mut buf = Vec::with_capacity(1024);
@@ -105,17 +95,14 @@ fn handle(mut stream: may::net::TcpStream, shared: &Shared) {
             200,
             "OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            shared
+            admin
                 .metrics
-                .render(
-                    shared.queue.depth(),
-                    shared.open_connections.load(Ordering::Relaxed),
-                )
+                .render(admin.queue.depth(), &admin.health)
                 .into_bytes(),
         ),
         b"/healthz" if get => (200, "OK", "text/plain; charset=utf-8", b"alive\n".to_vec()),
         b"/readyz" if get => {
-            let why = not_ready(shared);
+            let why = admin.health.not_ready();
             if why.is_empty() {
                 (200, "OK", "text/plain; charset=utf-8", b"ready\n".to_vec())
             } else {

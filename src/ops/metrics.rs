@@ -9,43 +9,96 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::event::Hook;
 use crate::ingest::response::{Answer, Unavailable};
+use crate::ops::health::Health;
 
-/// Where a request went, as a metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RouteLabel {
-    Cdr = 0,
-    Recording = 1,
-    Sms = 2,
-    /// Not a hook path (or a wrong token).
-    Other = 3,
+/// Label of requests that reached no hook (a wrong path or token) and of stored kinds beyond
+/// the three documented ones: a hostile sender cannot grow the label space.
+const OTHER: &str = "other";
+
+/// Index of a hook in the per-hook arrays; `None` (no hook, another kind) is the last slot.
+fn hook_index(hook: Option<Hook>) -> usize {
+    hook.map_or(Hook::ALL.len(), |h| h as usize)
 }
 
-const ROUTES: [&str; 4] = ["cdr", "recording", "sms", "other"];
+/// The label of slot `i` of a per-hook array.
+fn hook_label(i: usize) -> &'static str {
+    Hook::ALL.get(i).map_or(OTHER, |h| h.name())
+}
+
+/// Slots of the per-hook arrays: the hooks, then [`OTHER`].
+const HOOK_SLOTS: usize = Hook::ALL.len() + 1;
+
+/// Statuses counted by their number; any other counts as `other` (the last slot).
 const STATUSES: [u16; 13] = [
     200, 400, 404, 405, 408, 413, 414, 417, 431, 501, 503, 505, 0,
 ];
-const KINDS: [&str; 4] = ["cdr", "recording", "sms", "other"];
 
-/// Reasons a request or connection was refused, as a metric label.
-pub const REJECTIONS: [&str; 16] = [
-    "not_found",
-    "method_not_allowed",
-    "head_timeout",
-    "framing",
-    "body_too_large",
-    "head_too_large",
-    "unsupported",
-    "queue_full",
-    "commit_timeout",
-    "commit_failed",
-    "shutting_down",
-    "disk_low",
-    "denied_peer",
-    "body_timeout",
-    "quarantined",
-    "duplicate",
-];
+/// Why a request or connection was not stored as a new event, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    NotFound,
+    MethodNotAllowed,
+    HeadTimeout,
+    Framing,
+    BodyTooLarge,
+    HeadTooLarge,
+    Unsupported,
+    QueueFull,
+    CommitTimeout,
+    CommitFailed,
+    ShuttingDown,
+    DiskLow,
+    DeniedPeer,
+    BodyTimeout,
+    Quarantined,
+    Duplicate,
+}
+
+impl Rejection {
+    /// Every reason, in the order `/metrics` lists them.
+    pub const ALL: [Rejection; 16] = [
+        Rejection::NotFound,
+        Rejection::MethodNotAllowed,
+        Rejection::HeadTimeout,
+        Rejection::Framing,
+        Rejection::BodyTooLarge,
+        Rejection::HeadTooLarge,
+        Rejection::Unsupported,
+        Rejection::QueueFull,
+        Rejection::CommitTimeout,
+        Rejection::CommitFailed,
+        Rejection::ShuttingDown,
+        Rejection::DiskLow,
+        Rejection::DeniedPeer,
+        Rejection::BodyTimeout,
+        Rejection::Quarantined,
+        Rejection::Duplicate,
+    ];
+
+    /// The `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rejection::NotFound => "not_found",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::HeadTimeout => "head_timeout",
+            Rejection::Framing => "framing",
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::HeadTooLarge => "head_too_large",
+            Rejection::Unsupported => "unsupported",
+            Rejection::QueueFull => "queue_full",
+            Rejection::CommitTimeout => "commit_timeout",
+            Rejection::CommitFailed => "commit_failed",
+            Rejection::ShuttingDown => "shutting_down",
+            Rejection::DiskLow => "disk_low",
+            Rejection::DeniedPeer => "denied_peer",
+            Rejection::BodyTimeout => "body_timeout",
+            Rejection::Quarantined => "quarantined",
+            Rejection::Duplicate => "duplicate",
+        }
+    }
+}
 
 /// Upper bounds of the commit-latency histogram, seconds: fsync on SSDs is 0.1-2 ms, on SD
 /// cards 5-50 ms; past a second something is wrong.
@@ -85,6 +138,11 @@ impl<const N: usize> Histogram<N> {
             .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
     }
 
+    /// The sum of what was observed, for a histogram of whole numbers (events per commit).
+    pub fn sum_whole(&self) -> u64 {
+        self.sum_micros.load(Ordering::Relaxed) / 1_000_000
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
@@ -101,9 +159,9 @@ impl<const N: usize> Histogram<N> {
 
 /// The gateway's counters and gauges.
 pub struct Metrics {
-    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
-    events: [AtomicU64; KINDS.len()],
-    rejections: [AtomicU64; REJECTIONS.len()],
+    requests: [[AtomicU64; STATUSES.len()]; HOOK_SLOTS],
+    events: [AtomicU64; HOOK_SLOTS],
+    rejections: [AtomicU64; Rejection::ALL.len()],
     pub commits: AtomicU64,
     pub fsyncs: AtomicU64,
     pub failed_commits: AtomicU64,
@@ -111,6 +169,8 @@ pub struct Metrics {
     pub batch_events: Histogram<11>,
     pub connections_accepted: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Client connections open now (a gauge: the listener adds, the connection's end takes).
+    pub open_connections: AtomicU64,
     pub panics: AtomicU64,
     pub pruned_events: AtomicU64,
     /// Gauges refreshed by the writer's housekeeping.
@@ -119,8 +179,6 @@ pub struct Metrics {
     pub map_max_bytes: AtomicU64,
     pub disk_free_bytes: AtomicU64,
     pub file_headroom_bytes: AtomicU64,
-    /// Milliseconds since the epoch of the writer's last loop pass (idle ticks included).
-    pub writer_heartbeat_ms: AtomicU64,
     /// Milliseconds since the epoch of the last successful commit.
     pub last_commit_ms: AtomicU64,
     /// Bytes of the writer's in-memory dedup table.
@@ -142,6 +200,7 @@ impl Default for Metrics {
             batch_events: Histogram::new(BATCH_BUCKETS),
             connections_accepted: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             pruned_events: AtomicU64::new(0),
             db_used_bytes: AtomicU64::new(0),
@@ -149,7 +208,6 @@ impl Default for Metrics {
             map_max_bytes: AtomicU64::new(0),
             disk_free_bytes: AtomicU64::new(0),
             file_headroom_bytes: AtomicU64::new(0),
-            writer_heartbeat_ms: AtomicU64::new(0),
             last_commit_ms: AtomicU64::new(0),
             dedup_memory_bytes: AtomicU64::new(0),
             dedup_reach_seconds: AtomicU64::new(0),
@@ -157,57 +215,62 @@ impl Default for Metrics {
     }
 }
 
-/// The rejection label of an answer, if it is one.
-fn rejection_of(answer: &Answer) -> Option<&'static str> {
+/// The rejection an answer stands for, if it is one.
+fn rejection_of(answer: &Answer) -> Option<Rejection> {
     use crate::ingest::http::Error as H;
     Some(match answer {
         Answer::Stored | Answer::Continue => return None,
-        Answer::Duplicate => "duplicate",
-        Answer::Quarantined => "quarantined",
-        Answer::NotFound => "not_found",
-        Answer::MethodNotAllowed => "method_not_allowed",
-        Answer::RequestTimeout => "head_timeout",
-        Answer::Framing(H::BodyTooLarge) => "body_too_large",
-        Answer::Framing(H::HeadTooLarge | H::TooManyHeaders | H::UriTooLong) => "head_too_large",
+        Answer::Duplicate => Rejection::Duplicate,
+        Answer::Quarantined => Rejection::Quarantined,
+        Answer::NotFound => Rejection::NotFound,
+        Answer::MethodNotAllowed => Rejection::MethodNotAllowed,
+        Answer::RequestTimeout => Rejection::HeadTimeout,
+        Answer::Framing(H::BodyTooLarge) => Rejection::BodyTooLarge,
+        Answer::Framing(H::HeadTooLarge | H::TooManyHeaders | H::UriTooLong) => {
+            Rejection::HeadTooLarge
+        }
         Answer::Framing(
             H::UnsupportedTransferEncoding | H::UnsupportedExpectation | H::Version,
-        ) => "unsupported",
-        Answer::Framing(_) => "framing",
+        ) => Rejection::Unsupported,
+        Answer::Framing(_) => Rejection::Framing,
         Answer::Unavailable(u) => match u {
-            Unavailable::QueueFull => "queue_full",
-            Unavailable::CommitTimeout => "commit_timeout",
-            Unavailable::CommitFailed => "commit_failed",
-            Unavailable::ShuttingDown => "shutting_down",
-            Unavailable::DiskLow => "disk_low",
+            Unavailable::QueueFull => Rejection::QueueFull,
+            Unavailable::CommitTimeout => Rejection::CommitTimeout,
+            Unavailable::CommitFailed => Rejection::CommitFailed,
+            Unavailable::ShuttingDown => Rejection::ShuttingDown,
+            Unavailable::DiskLow => Rejection::DiskLow,
         },
     })
 }
 
 impl Metrics {
-    /// Counts one answered request.
-    pub fn answered(&self, route: RouteLabel, answer: &Answer) {
+    /// Counts one answered request, by the hook it was for (`None`: no hook).
+    pub fn answered(&self, hook: Option<Hook>, answer: &Answer) {
         let status = answer.status().0;
         let i = STATUSES
             .iter()
             .position(|s| *s == status)
             .unwrap_or(STATUSES.len() - 1);
-        self.requests[route as usize][i].fetch_add(1, Ordering::Relaxed);
+        self.requests[hook_index(hook)][i].fetch_add(1, Ordering::Relaxed);
         if let Some(reason) = rejection_of(answer) {
             self.reject(reason);
         }
     }
 
-    /// Counts a refusal by reason (one of [`REJECTIONS`]).
-    pub fn reject(&self, reason: &'static str) {
-        if let Some(i) = REJECTIONS.iter().position(|r| *r == reason) {
-            self.rejections[i].fetch_add(1, Ordering::Relaxed);
-        }
+    /// Counts a refusal by reason.
+    pub fn reject(&self, reason: Rejection) {
+        self.rejections[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a stored event of `kind`.
     pub fn stored(&self, kind: &str) {
-        let i = KINDS[..3].iter().position(|k| *k == kind).unwrap_or(3);
+        let i = hook_index(Hook::from_name(kind.as_bytes()));
         self.events[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refusals of one reason so far.
+    pub fn rejected(&self, reason: Rejection) -> u64 {
+        self.rejections[reason as usize].load(Ordering::Relaxed)
     }
 
     /// Records one successful commit of `events` events that took `took`.
@@ -222,18 +285,20 @@ impl Metrics {
             .store(u64::try_from(now_ms).unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition. `gauges` are values read at scrape time.
-    pub fn render(&self, queue_depth: usize, open_connections: usize) -> String {
+    /// The Prometheus text exposition, with the queue depth and the writer's heartbeat read
+    /// at scrape time.
+    pub fn render(&self, queue_depth: usize, health: &Health) -> String {
         let mut o = String::with_capacity(8192);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
             o,
             "# HELP didgate_requests_total Requests answered, by hook and status.\n# TYPE didgate_requests_total counter"
         );
-        for (r, route) in ROUTES.iter().enumerate() {
-            for (s, status) in STATUSES.iter().enumerate() {
-                let n = load(&self.requests[r][s]);
-                if n > 0 || (*status == 200 && r < 3) {
+        for (r, per_status) in self.requests.iter().enumerate() {
+            let route = hook_label(r);
+            for (status, n) in STATUSES.iter().zip(per_status) {
+                let n = load(n);
+                if n > 0 || (*status == 200 && r < Hook::ALL.len()) {
                     let status = if *status == 0 {
                         "other".to_string()
                     } else {
@@ -250,78 +315,76 @@ impl Metrics {
             o,
             "# HELP didgate_events_stored_total Events committed, by kind (kinds beyond the three documented count as other).\n# TYPE didgate_events_stored_total counter"
         );
-        for (i, kind) in KINDS.iter().enumerate() {
+        for (i, n) in self.events.iter().enumerate() {
+            let kind = hook_label(i);
             let _ = writeln!(
                 o,
                 "didgate_events_stored_total{{kind=\"{kind}\"}} {}",
-                load(&self.events[i])
+                load(n)
             );
         }
         let _ = writeln!(
             o,
             "# HELP didgate_rejections_total Requests or connections not stored as new events, by reason (duplicates and quarantined bodies were still answered 200).\n# TYPE didgate_rejections_total counter"
         );
-        for (i, reason) in REJECTIONS.iter().enumerate() {
+        for reason in Rejection::ALL {
             let _ = writeln!(
                 o,
-                "didgate_rejections_total{{reason=\"{reason}\"}} {}",
-                load(&self.rejections[i])
+                "didgate_rejections_total{{reason=\"{}\"}} {}",
+                reason.name(),
+                self.rejected(reason)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
             (
                 "didgate_commits_total",
                 "Write transactions committed.",
-                &self.commits,
+                load(&self.commits),
             ),
             (
                 "didgate_fsyncs_total",
                 "Syncs to disk (one per commit in fsync mode, one per interval in interval mode).",
-                &self.fsyncs,
+                load(&self.fsyncs),
             ),
             (
                 "didgate_commit_failures_total",
                 "Commits that failed; their requests were answered 503.",
-                &self.failed_commits,
+                load(&self.failed_commits),
             ),
             (
                 "didgate_connections_accepted_total",
                 "Connections accepted.",
-                &self.connections_accepted,
+                load(&self.connections_accepted),
             ),
             (
                 "didgate_accept_errors_total",
                 "Failed accepts (out of descriptors and the like).",
-                &self.accept_errors,
+                load(&self.accept_errors),
             ),
             (
                 "didgate_connection_panics_total",
                 "Connections closed because their code panicked.",
-                &self.panics,
+                load(&self.panics),
             ),
             (
                 "didgate_pruned_events_total",
                 "Events deleted by retention.",
-                &self.pruned_events,
+                load(&self.pruned_events),
             ),
             (
                 "didgate_duplicates_total",
                 "Retries recognised as duplicates and not stored again.",
-                &self.rejections[REJECTIONS.len() - 1],
+                self.rejected(Rejection::Duplicate),
+            ),
+            (
+                "didgate_quarantined_total",
+                "Undecodable bodies kept in quarantine.",
+                self.rejected(Rejection::Quarantined),
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                load(v)
-            );
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
-        let _ = writeln!(
-            o,
-            "# HELP didgate_quarantined_total Undecodable bodies kept in quarantine.\n# TYPE didgate_quarantined_total counter\ndidgate_quarantined_total {}",
-            load(&self.rejections[REJECTIONS.len() - 2])
-        );
         self.commit_seconds.render(
             &mut o,
             "didgate_commit_seconds",
@@ -338,7 +401,7 @@ impl Metrics {
             (
                 "didgate_open_connections",
                 "Open client connections.",
-                open_connections as u64,
+                load(&self.open_connections),
             ),
             (
                 "didgate_db_used_bytes",
@@ -384,7 +447,7 @@ impl Metrics {
             (
                 "didgate_writer_heartbeat_timestamp_seconds",
                 "When the writer loop last ran (Unix time).",
-                load(&self.writer_heartbeat_ms) / 1000,
+                health.heartbeat_ms() / 1000,
             ),
         ];
         for (name, help, v) in gauges {
@@ -401,12 +464,13 @@ mod tests {
     #[test]
     fn renders_counters_histograms_and_closed_label_sets() {
         let m = Metrics::default();
-        m.answered(RouteLabel::Cdr, &Answer::Stored);
-        m.answered(RouteLabel::Other, &Answer::NotFound);
+        m.answered(Some(Hook::Cdr), &Answer::Stored);
+        m.answered(None, &Answer::NotFound);
+        m.open_connections.store(2, Ordering::Relaxed);
         m.stored("cdr");
         m.stored("voicemail");
         m.committed(3, Duration::from_micros(1500), true, 5_000);
-        let text = m.render(7, 2);
+        let text = m.render(7, &Health::default());
         for line in [
             "didgate_requests_total{hook=\"cdr\",status=\"200\"} 1",
             "didgate_requests_total{hook=\"other\",status=\"404\"} 1",
@@ -418,6 +482,7 @@ mod tests {
             "didgate_batch_events_count 1",
             "didgate_fsyncs_total 1",
             "didgate_queue_depth 7",
+            "didgate_open_connections 2",
             "didgate_last_commit_timestamp_seconds 5",
         ] {
             assert!(text.contains(line), "missing {line}:\n{text}");

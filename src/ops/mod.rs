@@ -5,6 +5,7 @@
 //! [`token`] keeps the secret path segment.
 
 pub mod admin;
+pub mod health;
 pub mod log;
 pub mod metrics;
 pub mod notify;
