@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use didgate::event::Event;
+use didgate::event::Hook;
 use didgate::ingest::decode::{self, Decoded, JsonDecoder};
-use didgate::ingest::route::Hook;
 use didgate::store::Store;
 use didgate::writer::{self, Job, Outcome, Reply, Writer};
 

@@ -25,6 +25,7 @@ pub const DEFAULT_DATA_DIR: &str = "./didgate-data";
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// Where the store, the token and the lock file live.
     pub data_dir: PathBuf,
     /// The path token; `None` means "use or create the one kept in the data directory".
     pub token: Option<String>,
@@ -38,6 +39,7 @@ pub struct Config {
     pub ingest: gateway::Settings,
     /// Batching, dedup, durability, disk floor, map size.
     pub writer: writer::Settings,
+    /// How long events and quarantined bodies are kept.
     pub retention: Policy,
 }
 
@@ -84,16 +86,22 @@ struct FileConfig {
 /// What the command line said; each `Some` overrides the file.
 #[derive(Clone, Debug, Default)]
 pub struct Flags {
+    /// `--config FILE`.
     pub config: Option<PathBuf>,
+    /// `--listen ADDR`.
     pub listen: Option<String>,
+    /// `--data DIR`.
     pub data_dir: Option<PathBuf>,
+    /// `--token TOKEN`.
     pub token: Option<String>,
+    /// `--admin-listen ADDR`.
     pub admin_listen: Option<String>,
 }
 
 /// A configuration that cannot be used, with the key (and line) it concerns.
 #[derive(Debug)]
 pub struct Error {
+    /// What is wrong, naming the key (and the file and line when known).
     pub message: String,
     /// The key at fault, when one is.
     pub key: Option<String>,

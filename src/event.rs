@@ -38,8 +38,11 @@ pub const MAX_CONTENT_TYPE_BYTES: usize = 1024;
 /// carry. The one table of kind names: routing, metrics labels and the reader's columns use it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
+    /// Call detail records: JSON, sent when a call ends.
     Cdr,
+    /// Recording notices: JSON with a pre-signed URL to the call's mp3.
     Recording,
+    /// Inbound SMS: an urlencoded form.
     Sms,
 }
 
@@ -106,11 +109,17 @@ pub struct Event {
 /// A stored record borrowed from LMDB (or from a buffer), without copying the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
+    /// How the body was decoded when it was accepted.
     pub format: BodyFormat,
+    /// When the batch was committed, milliseconds since the Unix epoch.
     pub stored_at_ms: i64,
+    /// Who sent it, when known.
     pub peer: Option<SocketAddr>,
+    /// The event's kind (its JSON `event`, else the hook's name).
     pub kind: &'a str,
+    /// The Content-Type header as received, possibly empty.
     pub content_type: &'a [u8],
+    /// The body exactly as received (after de-chunking).
     pub body: &'a [u8],
 }
 

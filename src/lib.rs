@@ -15,6 +15,9 @@
 //! - [`cli`]: the reader subcommands (`tail`, `export`, `get`, `stats`, `quarantine`, ...).
 //! - [`timestamp`]: times as shown and accepted.
 
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod cli;
 pub mod config;
 pub mod event;
@@ -22,5 +25,5 @@ pub mod ingest;
 pub mod ops;
 pub mod serve;
 pub mod store;
-pub mod timestamp;
+pub(crate) mod timestamp;
 pub mod writer;

@@ -80,6 +80,7 @@ pub fn default_max_connections() -> usize {
 /// The process: listeners, runtime, shutdown and log level; the default is production's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
+    /// The webhook listener's address.
     pub listen: SocketAddr,
     /// Pending connections the kernel queues while the accept loop catches up with a burst.
     pub listen_backlog: u32,
@@ -89,9 +90,13 @@ pub struct Settings {
     pub admin_listen: Option<SocketAddr>,
     /// Coroutine worker threads.
     pub workers: usize,
+    /// Stack of each coroutine.
     pub stack_bytes: usize,
+    /// Finished coroutines kept for reuse.
     pub coroutine_pool: usize,
+    /// How long in-flight requests get on SIGTERM.
     pub shutdown_timeout: Duration,
+    /// The least severe level logged.
     pub log_level: Level,
 }
 

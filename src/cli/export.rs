@@ -16,17 +16,24 @@ use crate::timestamp;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
     #[default]
+    /// One JSON object per line.
     Jsonl,
+    /// A header row, then one row per event (one kind only).
     Csv,
 }
 
 /// What `export` was asked.
 #[derive(Clone, Debug, Default)]
 pub struct Args {
+    /// First stamp included (RFC 3339 or a date).
     pub since: Option<String>,
+    /// First stamp excluded (RFC 3339 or a date).
     pub until: Option<String>,
+    /// Only events of this kind.
     pub kind: Option<String>,
+    /// How each event is written.
     pub format: Format,
+    /// Print each stored body as received instead of JSON lines.
     pub raw: bool,
 }
 

@@ -79,6 +79,7 @@ impl Error {
     }
 }
 
+/// A reader subcommand's result.
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Opens the store at `data` read-only.

@@ -133,8 +133,11 @@ pub fn csv_cell<'a>(fields: &'a PayloadFields, field: &str) -> Cow<'a, str> {
 
 /// An event's top-level fields, parsed for CSV.
 pub enum PayloadFields {
+    /// A JSON object, its fields in the order received.
     Json(serde_json::Map<String, serde_json::Value>),
+    /// Decoded form fields.
     Form(Form),
+    /// Nothing decodable (a quarantined body).
     None,
 }
 

@@ -14,9 +14,13 @@ pub const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// What `tail` was asked.
 #[derive(Clone, Debug, Default)]
 pub struct Args {
+    /// How many of the last events to print.
     pub lines: usize,
+    /// Keep printing new events as they are committed.
     pub follow: bool,
+    /// Only events of this kind.
     pub kind: Option<String>,
+    /// Print each stored body as received instead of JSON lines.
     pub raw: bool,
 }
 

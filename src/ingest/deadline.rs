@@ -120,14 +120,9 @@ impl Deadlines {
     /// blocks on this channel, so a send never wakes a thread.
     pub fn watch(&self, reply: &Arc<Reply>, deadline: Instant) {
         if self.tx.send((deadline, reply.clone())).is_err() {
-            // The sweeper is gone (only after `stop`): time out now rather than never.
+            // The sweeper is gone (only while dropping): time out now rather than never.
             reply.time_out();
         }
-    }
-
-    /// Stops the sweeper; replies still waiting are timed out.
-    pub fn stop(mut self) {
-        self.shut_down();
     }
 
     fn shut_down(&mut self) {
@@ -219,11 +214,11 @@ mod tests {
     }
 
     #[test]
-    fn stopping_times_out_the_replies_still_waiting() {
+    fn dropping_times_out_the_replies_still_waiting() {
         let deadlines = Deadlines::start().unwrap();
         let reply = Reply::new();
         deadlines.watch(&reply, Instant::now() + Duration::from_secs(3600));
-        deadlines.stop();
+        drop(deadlines);
         assert_eq!(wait_at_most(&reply, Duration::from_secs(5)), None);
     }
 }

@@ -46,12 +46,19 @@ pub const SENDER_RESPONSE_BUDGET: Duration = Duration::from_secs(15);
 /// What each connection needs to know, fixed at start-up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
+    /// Head, header and body size limits.
     pub limits: Limits,
+    /// The whole request head must arrive within this.
     pub head_timeout: Duration,
+    /// The whole body must arrive within this once the head is read.
     pub body_timeout: Duration,
+    /// A keep-alive connection idle this long is closed.
     pub idle_timeout: Duration,
+    /// A response write that makes no progress this long closes the connection.
     pub write_timeout: Duration,
+    /// How long a request waits for its commit before answering 503.
     pub commit_timeout: Duration,
+    /// Deepest JSON nesting decoded; deeper bodies go to quarantine.
     pub max_json_depth: usize,
 }
 
@@ -93,17 +100,22 @@ impl Access {
 /// State shared by the accept loop and every connection.
 pub struct Gateway {
     access: RwLock<Arc<Access>>,
+    /// The writer's queue.
     pub queue: Queue,
+    /// Limits and timeouts.
     pub settings: Settings,
     /// Requests between parsed head and written answer: shutdown waits for none to be left.
     pub in_flight: AtomicUsize,
+    /// Counters every connection adds to.
     pub metrics: Arc<Metrics>,
+    /// Shutdown and low-disk flags, read before queueing.
     pub health: Arc<Health>,
     /// Times out socket waits and requests waiting longer than `commit_timeout`.
     pub deadlines: Deadlines,
 }
 
 impl Gateway {
+    /// The shared state of a gateway about to accept.
     pub fn new(
         access: Access,
         queue: Queue,

@@ -6,11 +6,11 @@
 //! [`decode`] decides what the body is, and [`response`] turns every outcome into bytes.
 //! [`deadline`] is the sweeper thread that times out socket waits and commits.
 
-pub mod connection;
-pub mod deadline;
+pub(crate) mod connection;
+pub(crate) mod deadline;
 pub mod decode;
 pub mod gateway;
 pub mod http;
-pub mod listener;
-pub mod response;
-pub mod route;
+pub(crate) mod listener;
+pub(crate) mod response;
+pub(crate) mod route;

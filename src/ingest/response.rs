@@ -1,9 +1,9 @@
 //! Every answer the gateway gives, and its status line, in one place.
 //!
-//! The sender's rules decide these (see `../shared/seed/didlogic-facts.md` summarised in
-//! `docs/http.md`): 2xx/3xx mean "stored, stop retrying", any 4xx means "final error, never
-//! retry", 5xx or `Retry-After` mean "retry later". So a 4xx is only ever given for a request
-//! that can never succeed, and every temporary condition is a fast 503 with `Retry-After`.
+//! The sender's rules decide these (`docs/http.md` quotes them): 2xx/3xx mean "stored, stop
+//! retrying", any 4xx means "final error, never retry", 5xx or `Retry-After` mean "retry
+//! later". So a 4xx is only ever given for a request that can never succeed, and every
+//! temporary condition is a fast 503 with `Retry-After`.
 //!
 //! This file owns the mapping and the bytes on the wire; it does not decide *when* a request is
 //! rejected (the stages do, each with its own error type).
@@ -105,12 +105,6 @@ impl Answer {
                 _ => "bad request\n",
             },
         }
-    }
-
-    /// Whether the connection must close after this answer because the framing of what follows
-    /// can no longer be trusted (or the client was cut off).
-    pub fn closes(&self) -> bool {
-        matches!(self, Answer::Framing(_) | Answer::RequestTimeout)
     }
 
     /// Writes the response. `keep_alive` is whether the connection stays open afterwards;

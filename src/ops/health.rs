@@ -66,14 +66,17 @@ impl Health {
         self.writer_silent_for() > limit
     }
 
+    /// Marks the gateway as shutting down (new requests get 503).
     pub fn start_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
+    /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
     }
 
+    /// Whether free disk is below the floor.
     pub fn is_disk_low(&self) -> bool {
         self.disk_low.load(Ordering::Relaxed)
     }

@@ -14,9 +14,13 @@ use std::time::{Duration, Instant};
 /// Severity, most severe first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
+    /// Failures that need an operator.
     Error = 0,
+    /// Trouble the gateway works around.
     Warn = 1,
+    /// Start, stop, reload, retention.
     Info = 2,
+    /// Detail for diagnosis.
     Debug = 3,
 }
 
@@ -71,14 +75,17 @@ pub fn write(level: Level, args: Arguments<'_>) {
     }
 }
 
+/// Logs at error level.
 pub fn error(args: Arguments<'_>) {
     write(Level::Error, args);
 }
 
+/// Logs at warn level.
 pub fn warn(args: Arguments<'_>) {
     write(Level::Warn, args);
 }
 
+/// Logs at info level.
 pub fn info(args: Arguments<'_>) {
     write(Level::Info, args);
 }

@@ -38,21 +38,37 @@ const STATUSES: [u16; 13] = [
 /// Why a request or connection was not stored as a new event, as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
+    /// A path that is no hook, or a wrong token (404).
     NotFound,
+    /// Not a POST to a hook (405).
     MethodNotAllowed,
+    /// The request head did not arrive in time.
     HeadTimeout,
+    /// Malformed framing (400).
     Framing,
+    /// Over `max_body_bytes` (413).
     BodyTooLarge,
+    /// Over the head, header or target limits (431, 414).
     HeadTooLarge,
+    /// A transfer coding, expectation or version not supported (501, 417, 505).
     Unsupported,
+    /// The writer's queue was full (503).
     QueueFull,
+    /// The commit took longer than `commit_timeout` (503).
     CommitTimeout,
+    /// The commit failed (503).
     CommitFailed,
+    /// Received during shutdown (503).
     ShuttingDown,
+    /// Free disk below the floor (503).
     DiskLow,
+    /// A peer outside `allow_from`, closed unread.
     DeniedPeer,
+    /// The body did not arrive in time; closed without an answer.
     BodyTimeout,
+    /// Kept in quarantine, answered 200.
     Quarantined,
+    /// A retry of a stored event, answered 200.
     Duplicate,
 }
 
@@ -129,6 +145,7 @@ impl<const N: usize> Histogram<N> {
         }
     }
 
+    /// Records one observation.
     pub fn observe(&self, v: f64) {
         if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
@@ -162,22 +179,35 @@ pub struct Metrics {
     requests: [[AtomicU64; STATUSES.len()]; HOOK_SLOTS],
     events: [AtomicU64; HOOK_SLOTS],
     rejections: [AtomicU64; Rejection::ALL.len()],
+    /// Write transactions committed.
     pub commits: AtomicU64,
+    /// Flushes to disk.
     pub fsyncs: AtomicU64,
+    /// Commits that failed.
     pub failed_commits: AtomicU64,
+    /// Time to write and commit one batch.
     pub commit_seconds: Histogram<12>,
+    /// Events per commit.
     pub batch_events: Histogram<11>,
+    /// Connections accepted.
     pub connections_accepted: AtomicU64,
+    /// Failed accepts.
     pub accept_errors: AtomicU64,
     /// Client connections open now (a gauge: the listener adds, the connection's end takes).
     pub open_connections: AtomicU64,
+    /// Connections closed because their code panicked.
     pub panics: AtomicU64,
+    /// Events deleted by retention.
     pub pruned_events: AtomicU64,
     /// Gauges refreshed by the writer's housekeeping.
     pub db_used_bytes: AtomicU64,
+    /// The LMDB map's current size.
     pub map_bytes: AtomicU64,
+    /// The most the map may grow to.
     pub map_max_bytes: AtomicU64,
+    /// Free bytes on the data filesystem.
     pub disk_free_bytes: AtomicU64,
+    /// Zero-filled bytes of the data file past the data.
     pub file_headroom_bytes: AtomicU64,
     /// Milliseconds since the epoch of the last successful commit.
     pub last_commit_ms: AtomicU64,

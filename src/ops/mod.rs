@@ -4,9 +4,9 @@
 //! [`notify`] speaks systemd's notify protocol; [`log`] writes rate-limited log lines;
 //! [`token`] keeps the secret path segment.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod health;
 pub mod log;
 pub mod metrics;
-pub mod notify;
-pub mod token;
+pub(crate) mod notify;
+pub(crate) mod token;

@@ -84,8 +84,12 @@ pub fn take_listener() -> std::io::Result<Option<std::net::TcpListener>> {
 }
 
 /// Listening sockets passed by socket activation, in order; empty when none were passed to
-/// this process. The variables are removed so children do not inherit them.
-pub fn listen_fds() -> Vec<RawFd> {
+/// this process.
+///
+/// The variables are left in the environment: removing them is unsound once other threads
+/// may read it, and a process that inherited them is told apart by `LISTEN_PID`, which names
+/// this process only (didgate starts no children anyway).
+pub(crate) fn listen_fds() -> Vec<RawFd> {
     let pid_matches = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -94,12 +98,6 @@ pub fn listen_fds() -> Vec<RawFd> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    // SAFETY: called at start-up before any thread that reads the environment is started.
-    unsafe {
-        std::env::remove_var("LISTEN_PID");
-        std::env::remove_var("LISTEN_FDS");
-        std::env::remove_var("LISTEN_FDNAMES");
-    }
     if !pid_matches || count <= 0 {
         return Vec::new();
     }

@@ -15,7 +15,9 @@ use crate::timestamp;
 /// What [`Store::check`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckReport {
+    /// Events looked at.
     pub events: u64,
+    /// Quarantined bodies looked at.
     pub quarantined: u64,
     /// Entries in the complete call blocks.
     pub call_entries: u64,

@@ -49,14 +49,30 @@ pub enum Error {
     /// An LMDB call failed.
     Lmdb(lmdb::Error),
     /// A stored value is not a record this build can read.
-    Record { seq: u64, err: event::Error },
+    Record {
+        /// The sequence number it was found under.
+        seq: u64,
+        /// What is wrong with it.
+        err: event::Error,
+    },
     /// A key or value of another database is damaged (wrong length, unknown shape): never
     /// read as a default.
-    Corrupt { db: &'static str, what: String },
+    Corrupt {
+        /// The database.
+        db: &'static str,
+        /// What is wrong, in words.
+        what: String,
+    },
     /// The store was written by a didgate with another schema version.
-    Schema { found: u32 },
+    Schema {
+        /// The version the store has.
+        found: u32,
+    },
     /// The store has an older schema that `didgate serve` migrates on start.
-    NeedsMigration { found: u32 },
+    NeedsMigration {
+        /// The version the store has.
+        found: u32,
+    },
     /// There is no store at the path (reader tool).
     Missing(PathBuf),
     /// Creating the directory failed.
@@ -108,6 +124,7 @@ impl Error {
     }
 }
 
+/// A storage operation's result.
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// When commits reach the disk.

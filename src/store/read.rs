@@ -24,12 +24,19 @@ const RELEASE_EVERY_DIGESTS: usize = 16_384;
 /// One event as the reader tool gets it: copied out of its read transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
+    /// Its sequence number.
     pub seq: u64,
+    /// When it was committed, milliseconds since the Unix epoch.
     pub stored_at_ms: i64,
+    /// Its kind.
     pub kind: String,
+    /// How its body was decoded when accepted.
     pub format: BodyFormat,
+    /// Who sent it, when known.
     pub peer: Option<std::net::SocketAddr>,
+    /// The Content-Type as received.
     pub content_type: Vec<u8>,
+    /// The body exactly as received.
     pub body: Vec<u8>,
 }
 
@@ -50,7 +57,9 @@ impl StoredEvent {
 /// One quarantined body with the reason it was not decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quarantined {
+    /// Its sequence number.
     pub seq: u64,
+    /// Why it was not decoded.
     pub reason: String,
     /// The record; its `kind` is the hook the body was posted to.
     pub event: StoredEvent,

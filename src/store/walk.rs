@@ -127,7 +127,9 @@ impl<'txn> Iterator for Walk<'txn> {
 /// page's `before`). A page may hold fewer items than it looked at (a filter), even none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page<T> {
+    /// What the page kept.
     pub items: Vec<T>,
+    /// Where the next page starts; `None` at the end.
     pub next: Option<u64>,
 }
 

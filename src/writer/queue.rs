@@ -10,9 +10,11 @@ use crate::event::Event;
 
 /// One event on its way to disk.
 pub struct Job {
+    /// The event to store.
     pub event: Event,
     /// `Some(reason)` when the body did not decode and goes to quarantine.
     pub quarantine: Option<String>,
+    /// Where the outcome goes.
     pub reply: Arc<Reply>,
 }
 

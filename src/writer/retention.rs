@@ -85,7 +85,9 @@ impl Cutoffs {
 /// Where pruning resumes; kept by the caller between slices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cursor {
+    /// The next event sequence number to look at.
     pub next_event: u64,
+    /// The next quarantine number to look at.
     pub next_quarantine: u64,
 }
 
@@ -101,7 +103,9 @@ impl Default for Cursor {
 /// What one slice did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Slice {
+    /// Events deleted.
     pub events_deleted: u64,
+    /// Quarantined bodies deleted.
     pub quarantined_deleted: u64,
     /// Nothing more to prune under these cutoffs (the cursor went back to the start).
     pub done: bool,

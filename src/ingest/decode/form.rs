@@ -29,9 +29,13 @@ use memchr::memchr;
 /// whether each side has a `+` or `%` to decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Raw<'a> {
+    /// The raw name, still percent-encoded.
     pub name: &'a [u8],
+    /// The raw value, still percent-encoded.
     pub value: &'a [u8],
+    /// Whether the name holds `+` or `%` (decoding must copy it).
     pub name_work: bool,
+    /// Whether the value holds `+` or `%` (decoding must copy it).
     pub value_work: bool,
 }
 
@@ -311,10 +315,12 @@ impl Form {
         fields
     }
 
+    /// Number of fields.
     pub fn len(&self) -> usize {
         self.spans.len()
     }
 
+    /// Whether there are no fields.
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }

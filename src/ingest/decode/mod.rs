@@ -17,8 +17,11 @@ pub use json::JsonDecoder;
 pub enum Decoded {
     /// A valid event of `kind`.
     Event {
+        /// The kind it is stored under.
         kind: String,
+        /// How it was decoded.
         format: BodyFormat,
+        /// Its `callid`, for the call index.
         callid: Option<String>,
     },
     /// Not decodable; kept verbatim in quarantine with this reason (the sender cannot fix it,

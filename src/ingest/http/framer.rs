@@ -39,6 +39,7 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// A framer at the start of a stream.
     pub fn new(limits: Limits) -> Self {
         Framer {
             limits,
@@ -112,7 +113,9 @@ impl Framer {
 /// One framed request: its head and its body (de-chunked).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
+    /// The request head.
     pub head: Head,
+    /// The body, de-chunked.
     pub body: Vec<u8>,
 }
 
@@ -128,6 +131,7 @@ pub struct Requests {
 }
 
 impl Requests {
+    /// A framer at the start of a stream.
     pub fn new(limits: Limits) -> Self {
         Requests {
             framer: Framer::new(limits),

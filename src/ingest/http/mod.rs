@@ -34,7 +34,9 @@ pub struct Limits {
 /// A parse that may need more input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status<T> {
+    /// Parsed whole.
     Complete(T),
+    /// More bytes are needed.
     Partial,
 }
 
@@ -89,7 +91,9 @@ impl Error {
 /// The request method, as far as the gateway cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
+    /// `POST`, the only method a hook takes.
     Post,
+    /// Any other method (answered 405 on a hook path).
     Other,
 }
 
@@ -105,15 +109,19 @@ pub enum Framing {
 /// A parsed request head, owned so the read buffer can move on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
+    /// The request method.
     pub method: Method,
+    /// The request target as sent (origin or absolute form).
     pub target: Vec<u8>,
     /// HTTP/1.0 (keep-alive only on request, no chunked bodies).
     pub http10: bool,
+    /// How the body is delimited.
     pub framing: Framing,
     /// Whether the client lets the connection stay open after this request.
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
+    /// The first Content-Type field's value.
     pub content_type: Option<Vec<u8>>,
     /// Bytes of the head, blank line included; the body starts here.
     pub len: usize,
