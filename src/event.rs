@@ -2,7 +2,7 @@
 //!
 //! This file owns the byte layout of one stored record (documented for outside readers in
 //! `docs/storage.md`, format version 1). It does not own keys, databases or transactions
-//! (`store.rs`), nor how a body was judged valid (`decode/`).
+//! (`store/`), nor how a body was judged valid (`ingest/decode/`).
 //!
 //! The record keeps the **exact request body bytes**: everything a reader shows is derived from
 //! them, so fields didlogic adds later survive untouched.

@@ -56,7 +56,7 @@ pub const EXIT_STORE_UNUSABLE: u8 = 70;
 
 /// Coroutine worker threads when `workers` is not set: one per core but one, at least one. The
 /// writer thread is the one stage every event passes alone (decode, commit, fsync, wake); left a
-/// core, it is not queued behind workers (docs/performance.md, "Workers").
+/// core, it is not queued behind workers (docs/performance.md, "Where the time goes", item 9).
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }

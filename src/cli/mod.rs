@@ -2,7 +2,7 @@
 //!
 //! Owns what every reader shares: opening the store read-only, output that treats a closed pipe
 //! (`| head`) as a normal end, checking `--kind`, and the exit codes. Each subcommand is one
-//! file; rendering is `render.rs`. Every read is a short transaction in `store.rs` whose results
+//! file; rendering is `render.rs`. Every read is a short transaction of the store whose results
 //! are copied out before anything is written, so a reader blocked on its output never pins
 //! pages the writer wants to reuse.
 

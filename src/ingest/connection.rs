@@ -39,7 +39,7 @@ const MIN_READ_BYTES: usize = 1024;
 
 /// Most bytes asked of the socket per read. The spare room a read uses is zeroed first, so
 /// after one large body a connection's buffer would otherwise be zeroed whole before every
-/// read (a 16 KiB memset per read once cost 3.7% of worker CPU under load).
+/// read, a cost that shows in worker CPU under load.
 const MAX_READ_BYTES: usize = 4 * 1024;
 
 /// Requests parsed ahead of their answers on one connection; past this the answers are written
@@ -470,8 +470,8 @@ impl<'a> Conn<'a> {
     /// Why not `may`'s timed reads and writes: each read first tries the socket and, under
     /// keep-alive load, nearly always finds it empty (the client has not sent the next request
     /// yet), and each wait files and removes a timer in the worker's event loop. This waits
-    /// only when a read found nothing, with no timer: measured 9.8 -> 8.7 us of worker CPU
-    /// per request (docs/performance.md).
+    /// only when a read found nothing, with no timer: less worker CPU per request
+    /// (docs/performance.md, "Where the time goes", item 8).
     fn wait_socket(&mut self, deadline: Instant) -> bool {
         if Instant::now() >= deadline {
             return false;

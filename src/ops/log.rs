@@ -2,7 +2,7 @@
 //!
 //! Owns the line format and the limiting; callers decide what is worth a line. No line ever
 //! carries the hook token: callers pass reasons and peers, never request targets (the one
-//! start-up line that prints the URLs goes to stdout, from `server.rs`).
+//! start-up line that prints the URLs goes to stdout, from `serve.rs`).
 
 use std::collections::HashMap;
 use std::fmt::Arguments;

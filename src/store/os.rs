@@ -61,9 +61,9 @@ impl Store {
     /// on disk; the next access maps a page again from the cache, with the same contents.
     ///
     /// Why: every page a commit reads through the map (the right edge of each B-tree, new at
-    /// each commit) stays mapped, so the resident size the operator sees (`VmRSS`, `top`) grew
-    /// with the data written: 3 GiB after 10 minutes of load, all of it reclaimable page cache,
-    /// none of it the gateway's own memory. Called every `writer::MAP_RELEASE_INTERVAL`, it
+    /// each commit) stays mapped, so the resident size the operator sees (`VmRSS`, `top`) would grow
+    /// with the data written (gigabytes under sustained load), all of it reclaimable page
+    /// cache, none of it the gateway's own memory. Called every `writer::MAP_RELEASE_INTERVAL`, it
     /// bounds the mapped part to what was touched since.
     ///
     /// # Errors
@@ -80,8 +80,9 @@ impl Store {
                 self.map_suffix.get_or_init(|| s)
             }
         };
-        // Line by line through a small buffer: with a thousand connections the table is
-        // ~150 KB, and reading it whole each second kept ~4 MiB more of heap resident.
+        // Line by line through a small buffer: with a thousand connections the table is over
+        // a hundred kilobytes, and reading it whole each time kept megabytes more of heap
+        // resident.
         let maps = std::fs::File::open("/proc/self/maps").map_err(Error::Io)?;
         let mut maps = std::io::BufReader::with_capacity(MAPS_READ_BYTES, maps);
         let mut line = String::new();

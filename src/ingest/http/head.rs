@@ -11,8 +11,8 @@ use super::{Error, Framing, HEADER_SLOTS, Head, Limits, Method, Status};
 /// Header slots on the coroutine stack (32 bytes each). A head with more fields is parsed
 /// again with `max_headers` slots on the heap. Every stack page a frame reaches stays resident
 /// for the life of the connection, so the common case (didlogic sends under ten fields) keeps
-/// 1 KiB on the stack instead of 4 KiB: one page less per connection (measured with 1,000
-/// keep-alive connections).
+/// 1 KiB on the stack instead of 4 KiB: one page less per connection (docs/performance.md,
+/// "Memory").
 const STACK_HEADER_SLOTS: usize = 32;
 
 /// Bytes parsed before a head end is seen, for early rejection of garbage. Re-parsing only this
@@ -37,7 +37,7 @@ fn head_error(e: httparse::Error) -> Error {
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Status<Head>, Error> {
     let wanted = limits.max_headers.min(HEADER_SLOTS);
     // Uninitialised slots: httparse fills only what it parses, so a request with 8 headers
-    // does not pay for zeroing all of them (measured: a third of parse_head's time).
+    // does not pay for zeroing all of them (zeroing was a third of parse_head's time).
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADER_SLOTS];
     if wanted <= STACK_HEADER_SLOTS {
         return parse_head_in(buf, limits, &mut slots[..wanted]);
