@@ -10,7 +10,11 @@ use std::borrow::Cow;
 
 use crate::event::BodyFormat;
 use crate::ingest::decode::form::Form;
-use crate::ingest::decode::json::StringState;
+use crate::ingest::decode::json::{StringState, strip_bom};
+
+use serde::Deserializer as _;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
 use crate::store::StoredEvent;
 use crate::timestamp;
 
@@ -53,7 +57,7 @@ pub fn payload(format: BodyFormat, body: &[u8], out: &mut Vec<u8>) {
     match format {
         BodyFormat::Json => {
             let start = out.len();
-            if !compact_json(body, out) {
+            if !compact_json(strip_bom(body), out) {
                 // Not expected (bodies were validated before storing); show it as text.
                 out.truncate(start);
                 json_string(&String::from_utf8_lossy(body), out);
@@ -105,17 +109,28 @@ pub fn compact_json(input: &[u8], out: &mut Vec<u8>) -> bool {
     !state.in_string()
 }
 
-/// The CSV cell of `field` in an event's payload: strings as they are, numbers in their
-/// original form, `null` and absent fields empty, arrays and objects as compact JSON.
+/// The CSV cell of `field` in an event's payload: strings unescaped, numbers and booleans as
+/// the exact text received (`1.5e3` stays `1.5e3`, `1e400` stays `1e400`), `null` and absent
+/// fields empty, arrays and objects as compact JSON.
 pub fn csv_cell<'a>(fields: &'a PayloadFields, field: &str) -> Cow<'a, str> {
     match fields {
-        PayloadFields::Json(map) => match map.get(field) {
-            None | Some(serde_json::Value::Null) => Cow::Borrowed(""),
-            Some(serde_json::Value::String(s)) => Cow::Borrowed(s),
-            Some(serde_json::Value::Number(n)) => Cow::Owned(n.to_string()),
-            Some(serde_json::Value::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
-            Some(v) => Cow::Owned(v.to_string()),
-        },
+        PayloadFields::Json(pairs) => {
+            let Some((_, raw)) = pairs.iter().find(|(n, _)| n == field) else {
+                return Cow::Borrowed("");
+            };
+            let text = raw.get();
+            match text.as_bytes().first() {
+                Some(b'"') => serde_json::from_str::<String>(text)
+                    .map_or(Cow::Borrowed(text), Cow::Owned),
+                Some(b'n') => Cow::Borrowed(""),
+                Some(b'[' | b'{') => {
+                    let mut out = Vec::with_capacity(text.len());
+                    compact_json(text.as_bytes(), &mut out);
+                    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+                }
+                _ => Cow::Borrowed(text),
+            }
+        }
         PayloadFields::Form(form) => {
             let mut values = form.pairs().filter(|(n, _)| *n == field).map(|(_, v)| v);
             match (values.next(), values.next()) {
@@ -133,21 +148,47 @@ pub fn csv_cell<'a>(fields: &'a PayloadFields, field: &str) -> Cow<'a, str> {
 
 /// An event's top-level fields, parsed for CSV.
 pub enum PayloadFields {
-    /// A JSON object, its fields in the order received.
-    Json(serde_json::Map<String, serde_json::Value>),
+    /// A JSON object's fields in the order received, each value's text exactly as received (a
+    /// repeated name keeps its first place and its last value, as JSON parsers do).
+    Json(Vec<(String, Box<RawValue>)>),
     /// Decoded form fields.
     Form(Form),
     /// Nothing decodable (a quarantined body).
     None,
 }
 
+/// Collects a JSON object's fields in order, without interpreting their values.
+struct RawFields;
+
+impl<'de> Visitor<'de> for RawFields {
+    type Value = Vec<(String, Box<RawValue>)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out: Self::Value = Vec::new();
+        while let Some((name, value)) = map.next_entry::<String, Box<RawValue>>()? {
+            match out.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = value,
+                None => out.push((name, value)),
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl PayloadFields {
     /// Parses the payload of `ev` (order of keys preserved).
     pub fn of(ev: &StoredEvent) -> PayloadFields {
         match ev.format {
-            BodyFormat::Json => serde_json::from_slice(&ev.body)
-                .map(PayloadFields::Json)
-                .unwrap_or(PayloadFields::None),
+            BodyFormat::Json => {
+                let mut de = serde_json::Deserializer::from_slice(strip_bom(&ev.body));
+                de.deserialize_map(RawFields)
+                    .map(PayloadFields::Json)
+                    .unwrap_or(PayloadFields::None)
+            }
             BodyFormat::Form => PayloadFields::Form(Form::decode(&ev.body)),
             BodyFormat::Undecoded => PayloadFields::None,
         }
@@ -156,7 +197,7 @@ impl PayloadFields {
     /// The field names, in payload order.
     pub fn names(&self) -> Vec<&str> {
         match self {
-            PayloadFields::Json(map) => map.keys().map(String::as_str).collect(),
+            PayloadFields::Json(pairs) => pairs.iter().map(|(n, _)| n.as_str()).collect(),
             PayloadFields::Form(form) => form.grouped().into_iter().map(|(n, _)| n).collect(),
             PayloadFields::None => Vec::new(),
         }

@@ -85,6 +85,8 @@ struct Pending<'a> {
     route: Option<Hook>,
     keep_alive: bool,
     http10: bool,
+    /// A HEAD request: the answer goes without its body.
+    head: bool,
     _in_flight: InFlight<'a>,
 }
 
@@ -126,6 +128,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, gateway: &Gateway) {
         pending: VecDeque::new(),
         json: None,
         route: None,
+        head_request: false,
     };
     if let End::Close = conn.run() {
         conn.linger();
@@ -151,8 +154,10 @@ struct Conn<'a> {
     /// Created on the first JSON body, so idle and SMS-only connections do not carry its
     /// buffers.
     json: Option<JsonDecoder>,
-    /// The hook of the request being handled (`Other` until routed).
+    /// The hook of the request being handled (`None` until routed).
     route: Option<Hook>,
+    /// The request being handled is a HEAD request.
+    head_request: bool,
 }
 
 impl<'a> Conn<'a> {
@@ -179,6 +184,7 @@ impl<'a> Conn<'a> {
     /// between requests (nothing to answer).
     fn next_head(&mut self) -> Result<Option<Head>, End> {
         self.route = None;
+        self.head_request = false;
         let settings = &self.gateway.settings;
         let mut head_started = (self.start < self.rbuf.len()).then(Instant::now);
         let idle_until = Instant::now() + settings.idle_timeout;
@@ -218,9 +224,11 @@ impl<'a> Conn<'a> {
                     }
                 }
                 Fill::Timeout if head_started.is_none() => return Ok(None),
+                // A head that started but did not arrive in time: a slow network is temporary,
+                // so no 4xx (the sender treats it as final and drops the event). Earlier answers
+                // go out; this request is closed without one, and the sender retries.
                 Fill::Timeout => {
-                    let in_flight = InFlight::new(&self.gateway.in_flight);
-                    self.reject(Answer::RequestTimeout, in_flight, false);
+                    self.gateway.metrics.reject(Rejection::HeadTimeout);
                     return Err(self.finish());
                 }
             }
@@ -230,6 +238,7 @@ impl<'a> Conn<'a> {
     /// Handles one request whose head is parsed. `Ok(true)`: the connection stays open.
     fn handle(&mut self, head: Head, in_flight: InFlight<'a>) -> Result<bool, End> {
         let gateway = self.gateway;
+        self.head_request = head.method == Method::Head;
         let route = route::route(&head.target, &gateway.access().tokens);
         self.route = match route {
             Route::Hook(hook) => Some(hook),
@@ -345,7 +354,7 @@ impl<'a> Conn<'a> {
             // RFC 9110 §10.1.1: the client waits for 100 before sending the body.
             self.flush().map_err(|_| BodyError::Dead)?;
             self.wbuf.clear();
-            Answer::Continue.write(&mut self.wbuf, true, false);
+            Answer::Continue.write(&mut self.wbuf, true, false, false);
             self.write_wbuf().map_err(|_| BodyError::Dead)?;
         }
         loop {
@@ -372,6 +381,7 @@ impl<'a> Conn<'a> {
             route: self.route,
             keep_alive,
             http10,
+            head: self.head_request,
             _in_flight: f,
         });
     }
@@ -420,7 +430,7 @@ impl<'a> Conn<'a> {
                 },
             };
             self.gateway.metrics.answered(p.route, &answer);
-            answer.write(&mut self.wbuf, p.keep_alive, p.http10);
+            answer.write(&mut self.wbuf, p.keep_alive, p.http10, p.head);
             // `p` (and its in-flight count) is dropped once its bytes are queued.
         }
         self.write_wbuf()

@@ -44,8 +44,6 @@ pub enum Answer {
     MethodNotAllowed,
     /// The framing could not be trusted or exceeded a limit.
     Framing(http::Error),
-    /// The request head or body did not arrive within its deadline (408).
-    RequestTimeout,
     Unavailable(Unavailable),
 }
 
@@ -57,7 +55,6 @@ impl Answer {
             Answer::Continue => (100, "Continue"),
             Answer::NotFound => (404, "Not Found"),
             Answer::MethodNotAllowed => (405, "Method Not Allowed"),
-            Answer::RequestTimeout => (408, "Request Timeout"),
             Answer::Unavailable(_) => (503, "Service Unavailable"),
             Answer::Framing(e) => match e {
                 http::Error::UriTooLong => (414, "URI Too Long"),
@@ -86,7 +83,6 @@ impl Answer {
             Answer::Continue => "",
             Answer::NotFound => "not found\n",
             Answer::MethodNotAllowed => "only POST is allowed here\n",
-            Answer::RequestTimeout => "request timed out\n",
             Answer::Unavailable(u) => match u {
                 Unavailable::QueueFull => "queue full, retry later\n",
                 Unavailable::CommitTimeout => "commit timed out, retry later\n",
@@ -108,8 +104,10 @@ impl Answer {
     }
 
     /// Writes the response. `keep_alive` is whether the connection stays open afterwards;
-    /// `http10` says the client needs keep-alive spelled out.
-    pub fn write(&self, out: &mut Vec<u8>, keep_alive: bool, http10: bool) {
+    /// `http10` says the client needs keep-alive spelled out; `head` that it answers a HEAD
+    /// request, which gets the headers a GET would get but no body (RFC 9110 §9.3.2), or the
+    /// client would read the body as the start of the next response.
+    pub fn write(&self, out: &mut Vec<u8>, keep_alive: bool, http10: bool, head: bool) {
         let (code, reason) = self.status();
         if let Answer::Continue = self {
             out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -137,12 +135,22 @@ impl Answer {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body.as_bytes());
+        if !head {
+            out.extend_from_slice(body.as_bytes());
+        }
     }
 }
 
-/// A complete response with an arbitrary body, closing the connection (the admin endpoints).
-pub fn write_plain(out: &mut Vec<u8>, code: u16, reason: &str, content_type: &str, body: &[u8]) {
+/// A complete response with an arbitrary body, closing the connection (the admin endpoints);
+/// for a HEAD request (`head`) the headers only.
+pub fn write_plain(
+    out: &mut Vec<u8>,
+    code: u16,
+    reason: &str,
+    content_type: &str,
+    body: &[u8],
+    head: bool,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(code));
     out.push(b' ');
@@ -152,7 +160,9 @@ pub fn write_plain(out: &mut Vec<u8>, code: u16, reason: &str, content_type: &st
     out.extend_from_slice(b"\r\nContent-Length: ");
     push_u64(out, body.len() as u64);
     out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
-    out.extend_from_slice(body);
+    if !head {
+        out.extend_from_slice(body);
+    }
 }
 
 fn push_u64(out: &mut Vec<u8>, n: u64) {
@@ -176,7 +186,7 @@ mod tests {
 
     fn wire(a: Answer, keep: bool, http10: bool) -> String {
         let mut out = Vec::new();
-        a.write(&mut out, keep, http10);
+        a.write(&mut out, keep, http10, false);
         String::from_utf8(out).unwrap()
     }
 
@@ -198,6 +208,18 @@ mod tests {
             wire(Answer::Continue, true, false),
             "HTTP/1.1 100 Continue\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_head_request_gets_the_headers_without_the_body() {
+        let mut out = Vec::new();
+        Answer::MethodNotAllowed.write(&mut out, true, false, true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("Allow: POST\r\n\r\n"), "{text:?}");
+        assert!(text.contains("Content-Length: 26\r\n"), "{text:?}");
+        let mut out = Vec::new();
+        write_plain(&mut out, 200, "OK", "text/plain", b"ready\n", true);
+        assert!(out.ends_with(b"Connection: close\r\n\r\n"));
     }
 
     #[test]

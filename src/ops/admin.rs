@@ -84,6 +84,7 @@ fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
             "Bad Request",
             "text/plain; charset=utf-8",
             b"bad request\n",
+            false,
         );
         let _ = stream.write_all(&out);
         return;
@@ -122,6 +123,7 @@ fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
             b"not found: try /metrics, /healthz, /readyz\n".to_vec(),
         ),
     };
-    crate::ingest::response::write_plain(&mut out, code, reason, ctype, &body);
+    let bodyless = head.method == Method::Head;
+    crate::ingest::response::write_plain(&mut out, code, reason, ctype, &body, bodyless);
     let _ = stream.write_all(&out);
 }

@@ -254,7 +254,6 @@ fn rejection_of(answer: &Answer) -> Option<Rejection> {
         Answer::Quarantined => Rejection::Quarantined,
         Answer::NotFound => Rejection::NotFound,
         Answer::MethodNotAllowed => Rejection::MethodNotAllowed,
-        Answer::RequestTimeout => Rejection::HeadTimeout,
         Answer::Framing(H::BodyTooLarge) => Rejection::BodyTooLarge,
         Answer::Framing(H::HeadTooLarge | H::TooManyHeaders | H::UriTooLong) => {
             Rejection::HeadTooLarge

@@ -16,6 +16,7 @@
 //! transaction per thread at a time is LMDB's rule; the API never nests them.
 
 mod check;
+pub mod header;
 mod layout;
 mod migrate;
 mod os;
@@ -75,6 +76,11 @@ pub enum Error {
     },
     /// There is no store at the path (reader tool).
     Missing(PathBuf),
+    /// The data file does not agree with its meta pages: opening it would make LMDB read
+    /// past its end.
+    Damaged(header::Damage),
+    /// This user may not read (or, for the lock file, write) the path.
+    PermissionDenied(PathBuf),
     /// Creating the directory failed.
     Io(std::io::Error),
 }
@@ -106,6 +112,16 @@ impl std::fmt::Display for Error {
                 p.display()
             ),
             Error::Io(e) => write!(f, "{e}"),
+            Error::Damaged(d) => write!(
+                f,
+                "{d}; restore the last backup (docs/operations.md, \"A damaged store\")"
+            ),
+            Error::PermissionDenied(p) => write!(
+                f,
+                "permission denied: {} (add yourself to the didgate group: \
+                 `sudo adduser $USER didgate`, then log in again)",
+                p.display()
+            ),
         }
     }
 }
@@ -165,6 +181,7 @@ impl Store {
     /// As [`Store::open_writer`].
     pub fn open_writer_with(dir: &Path, map_bytes: usize, sync: Sync) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(Error::Io)?;
+        header::check(dir).map_err(Error::Damaged)?;
         let flags = match sync {
             // A commit fdatasyncs its data pages and writes its meta page without a second
             // flush; the meta page reaches the disk with the next fdatasync (the next commit's,
@@ -224,15 +241,15 @@ impl Store {
     /// # Errors
     /// [`Error::Missing`] when `dir` holds no store; LMDB and schema errors otherwise.
     pub fn open_existing_writer(dir: &Path) -> Result<Store> {
-        if !dir.join("data.mdb").is_file() {
-            return Err(Error::Missing(dir.to_path_buf()));
-        }
+        existing_data_file(dir)?;
+        header::check(dir).map_err(Error::Damaged)?;
         // No map size is set: LMDB then adopts the one recorded by the server, which may have
         // grown it. (A size set here would replace it, and be raised only to the bytes in use,
         // leaving this writer no room to copy pages on write.)
         let env = Environment::new()
             .set_max_dbs(MAX_DBS)
-            .open_with_permissions(dir, FILE_MODE)?;
+            .open_with_permissions(dir, FILE_MODE)
+            .map_err(|e| open_error(dir, e))?;
         Self::from_env(env, dir)
     }
 
@@ -241,13 +258,14 @@ impl Store {
     /// # Errors
     /// [`Error::Missing`] when `dir` holds no store; LMDB and schema errors otherwise.
     pub fn open_reader(dir: &Path) -> Result<Store> {
-        if !dir.join("data.mdb").is_file() {
-            return Err(Error::Missing(dir.to_path_buf()));
-        }
+        existing_data_file(dir)?;
+        header::check(dir).map_err(Error::Damaged)?;
+        // The lock file a reader may create gets the store's mode, not 0644.
         let env = Environment::new()
             .set_max_dbs(MAX_DBS)
             .set_flags(EnvironmentFlags::READ_ONLY)
-            .open(dir)?;
+            .open_with_permissions(dir, FILE_MODE)
+            .map_err(|e| open_error(dir, e))?;
         let open = |name: &'static str| match env.open_db(Some(name)) {
             Ok(db) => Ok(db),
             Err(lmdb::Error::NotFound) => Err(Error::Missing(dir.to_path_buf())),
@@ -289,6 +307,51 @@ impl Store {
         }
     }
 }
+/// Whether `dir` holds a data file this user may look at.
+///
+/// # Errors
+/// [`Error::PermissionDenied`] naming the directory or file, [`Error::Missing`] when there is
+/// none.
+fn existing_data_file(dir: &Path) -> Result<()> {
+    let file = dir.join("data.mdb");
+    match std::fs::metadata(&file) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(Error::Missing(dir.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // The directory itself, unless it can be listed and only the file is closed.
+            let denied = if std::fs::read_dir(dir).is_ok() { file } else { dir.to_path_buf() };
+            Err(Error::PermissionDenied(denied))
+        }
+        Err(_) => Err(Error::Missing(dir.to_path_buf())),
+    }
+}
+
+/// An error of `mdb_env_open`, with a permission problem turned into the path at fault: a
+/// reader needs to read `data.mdb` and to write `lock.mdb`.
+fn open_error(dir: &Path, e: lmdb::Error) -> Error {
+    match e {
+        lmdb::Error::Other(code) if code == libc::EACCES || code == libc::EPERM => {
+            let lock = dir.join("lock.mdb");
+            let writable = |p: &Path| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(p)
+                    .is_ok()
+            };
+            let denied = if lock.exists() && !writable(&lock) {
+                lock
+            } else if !lock.exists() {
+                dir.to_path_buf()
+            } else {
+                dir.join("data.mdb")
+            };
+            Error::PermissionDenied(denied)
+        }
+        e => Error::Lmdb(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

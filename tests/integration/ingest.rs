@@ -121,7 +121,10 @@ fn undecodable_bodies_are_quarantined_with_reason_and_exact_bytes() {
     );
     assert_eq!(entries[1]["reason"], "JSON is not an object");
     assert_eq!(entries[1]["hook"], "recording");
-    assert_eq!(entries[3]["reason"], "form body has no named field");
+    assert_eq!(
+        entries[3]["reason"],
+        "not a form: no `=` anywhere, so no name=value pairs"
+    );
     assert_eq!(entries[4]["reason"], "empty body");
     let raw = read_ok(&data, &["quarantine", "show", "1", "--raw"]);
     assert_eq!(raw, cases[0].2);
@@ -145,7 +148,6 @@ fn kind_comes_from_the_body_and_unknown_kinds_are_kept() {
         // No Content-Type: sniffed.
         ("cdr", "", r#"{"event":"cdr","callid":"v1"}"#),
         ("sms", "", "src=1&dst=2&message=hi"),
-        ("cdr", "text/plain", "a=1"),
     ];
     for (hook, ct, body) in bodies {
         let req = if ct.is_empty() {
@@ -163,7 +165,7 @@ fn kind_comes_from_the_body_and_unknown_kinds_are_kept() {
     }
     let events = export(&data);
     let kinds: Vec<_> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["voicemail", "recording", "cdr", "sms", "sms"]);
+    assert_eq!(kinds, ["voicemail", "recording", "cdr", "sms"]);
     assert_eq!(
         events[0]["payload"]["new_field"]["deep"][1].to_string(),
         "2.50"
@@ -176,4 +178,47 @@ fn kind_comes_from_the_body_and_unknown_kinds_are_kept() {
     );
     let only = read_ok(&data, &["export", "--kind", "voicemail"]);
     assert_eq!(only.lines().count(), 1);
+}
+
+/// Regression: a JSON CDR posted with curl's default form Content-Type (or none, or behind a
+/// byte order mark) was stored as an SMS whose field name was the whole JSON text.
+#[test]
+fn a_json_body_is_json_whatever_its_content_type_and_misfiled_bodies_are_quarantined() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&data, &[]);
+    let cdr = r#"{"calldate":"2026-05-12T05:17:58Z","callid":"formct1","event":"cdr","billsec":7}"#;
+    assert_eq!(s.post("cdr", FORM, cdr).body, "stored\n");
+    let bom = format!("\u{feff}{}", cdr.replace("formct1", "bom1"));
+    assert_eq!(s.post("cdr", "text/plain", &bom).body, "stored\n");
+    let events = export(&data);
+    assert_eq!(events.len(), 2);
+    for ev in &events {
+        assert_eq!(ev["kind"], "cdr", "{ev}");
+        assert_eq!(ev["payload"]["billsec"], 7, "{ev}");
+    }
+    assert_eq!(read_ok(&data, &["get", "formct1"]).lines().count(), 1);
+    assert_eq!(read_ok(&data, &["get", "bom1"]).lines().count(), 1);
+
+    let misfiled: [(&str, &str, &[u8], &str); 5] = [
+        ("cdr", FORM, b"src=1&dst=2&message=hi", "form body on the cdr hook"),
+        ("cdr", "", b"hello world", "text body on the cdr hook is neither JSON nor a form"),
+        ("recording", "", b"\x1f\x8b\x08\x00\x00\x00\x00\x00", "gzip-compressed body"),
+        ("cdr", JSON, b"\xff\xfe{\x00}\x00", "UTF-16 body (UTF-8 expected)"),
+        ("sms", FORM, b"a\x00b&c", "not a form: no `=` anywhere, so no name=value pairs"),
+    ];
+    for (hook, ct, body, _) in misfiled {
+        let req = request(&s.path(hook), ct, body, "Connection: close\r\n");
+        let (resp, _) = s.exchange(&req);
+        assert_eq!(resp[0].body, "quarantined\n", "{body:?}");
+    }
+    let reasons: Vec<String> = read_ok(&data, &["quarantine", "list"])
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"].to_string())
+        .collect();
+    let want: Vec<String> = misfiled.iter().map(|m| format!("{:?}", m.3)).collect();
+    assert_eq!(reasons, want);
+    assert_eq!(export(&data).len(), 2, "nothing misfiled became an event");
+    let csv = read_ok(&data, &["export", "--format", "csv", "--kind", "sms"]);
+    assert!(!csv.contains('\0'), "{csv:?}");
 }

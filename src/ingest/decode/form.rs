@@ -337,7 +337,27 @@ fn append(buf: &mut Vec<u8>, raw: &[u8], work: bool) -> Range<usize> {
     start..buf.len()
 }
 
-/// Whether a body is acceptable as an SMS form: at least one field with a non-empty name.
+/// Whether a body reads as an SMS form, or why not: an `=` somewhere (a form of bare words is
+/// not name=value pairs), at least one named field, and no field name holding control bytes
+/// (raw or percent-encoded: no sender names a field that way, and a reader's CSV header would
+/// carry them).
+///
+/// # Errors
+/// A fixed reason, for the quarantine record.
+pub fn plausibility(input: &[u8]) -> Result<(), &'static str> {
+    if memchr::memchr(b'=', input).is_none() {
+        return Err("no `=` anywhere, so no name=value pairs");
+    }
+    if !has_named_field(input) {
+        return Err("no named field");
+    }
+    if parse(input).any(|(name, _)| name.iter().any(u8::is_ascii_control)) {
+        return Err("a field name holds control bytes");
+    }
+    Ok(())
+}
+
+/// Whether a body has at least one field with a non-empty name.
 /// (Per WHATWG every byte string parses; a body with no named field carries nothing. Decoding
 /// never empties a name, so the raw split answers.)
 pub fn has_named_field(input: &[u8]) -> bool {

@@ -40,6 +40,14 @@ impl std::fmt::Display for Error {
     }
 }
 
+/// The UTF-8 byte order mark, which RFC 8259 §8.1 lets a parser ignore.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// `body` without a leading UTF-8 byte order mark.
+pub fn strip_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(UTF8_BOM).unwrap_or(body)
+}
+
 /// Reusable parser state; one per connection.
 pub struct JsonDecoder {
     max_depth: usize,
@@ -66,12 +74,14 @@ impl JsonDecoder {
         }
     }
 
-    /// Validates `body` as a JSON object and extracts [`JsonFields`].
+    /// Validates `body` (after an optional UTF-8 byte order mark) as a JSON object and extracts
+    /// [`JsonFields`].
     ///
     /// # Errors
     /// [`Error::Invalid`] for anything serde_json would also refuse, [`Error::NotAnObject`] for
     /// valid JSON that is an array, string, number, `true`, `false` or `null`.
     pub fn decode(&mut self, body: &[u8]) -> Result<JsonFields, Error> {
+        let body = strip_bom(body);
         self.scratch.clear();
         self.scratch.extend_from_slice(body);
         self.scratch.resize(body.len() + INPUT_PADDING, 0);

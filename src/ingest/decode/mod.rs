@@ -1,5 +1,5 @@
-//! Body decoding: choose the decoder from the Content-Type (sniffing when there is none),
-//! validate the body, and say what kind of event it is, or why it goes to quarantine.
+//! Body decoding: choose the decoder from the body, the hook and the Content-Type, validate
+//! the body, and say what kind of event it is, or why it goes to quarantine.
 //!
 //! Owns the choice and the verdict; the parsers are `json.rs` and `form.rs`. It never changes
 //! the body: what is stored is what was received.
@@ -59,6 +59,13 @@ fn declared(content_type: Option<&[u8]>) -> Declared {
 
 /// Decides what an authenticated body posted to `hook` is.
 ///
+/// A body that is JSON (after an optional UTF-8 byte order mark) is decoded as JSON on every
+/// hook, whatever the Content-Type says: didlogic's CDR and recording webhooks are JSON, and a
+/// client library's default form Content-Type must not turn a CDR into an SMS. A form is an
+/// event only on the SMS hook; on the CDR and recording hooks it is quarantined, as is a body
+/// that is neither JSON nor a plausible form (compressed, UTF-16, binary, plain text), each
+/// with a reason a person understands.
+///
 /// The kind of a JSON object is its top-level `event` string (any value, so new event types are
 /// never dropped) when that is 1 to [`MAX_KIND_BYTES`] bytes without control characters; else
 /// the hook's name. A form body is always `sms`.
@@ -71,33 +78,70 @@ pub fn decode_body(
     if body.trim_ascii().is_empty() {
         return Decoded::Quarantine("empty body".to_string());
     }
-    let format = match declared(content_type) {
-        Declared::Json => BodyFormat::Json,
-        Declared::Form => BodyFormat::Form,
-        Declared::Unknown if body.trim_ascii_start().starts_with(b"{") => BodyFormat::Json,
-        Declared::Unknown => BodyFormat::Form,
-        Declared::Unsupported => {
-            return Decoded::Quarantine("unsupported content type".to_string());
+    if let Some(why) = undecodable_encoding(body) {
+        return Decoded::Quarantine(why.to_string());
+    }
+    let declared = declared(content_type);
+    let looks_json = matches!(
+        json::strip_bom(body).trim_ascii_start().first(),
+        Some(b'{' | b'[')
+    );
+    if looks_json || declared == Declared::Json {
+        let error = match json.decode(body) {
+            Ok(fields) => {
+                return Decoded::Event {
+                    kind: fields
+                        .event
+                        .filter(|k| usable_kind(k))
+                        .unwrap_or_else(|| hook.name().to_string()),
+                    format: BodyFormat::Json,
+                    callid: fields.callid,
+                };
+            }
+            Err(e) => e,
+        };
+        // A form that happens to start with `{` is still a form on the SMS hook.
+        if hook != Hook::Sms || form::plausibility(body).is_err() {
+            return Decoded::Quarantine(error.to_string());
         }
-    };
-    match format {
-        BodyFormat::Json => match json.decode(body) {
-            Ok(fields) => Decoded::Event {
-                kind: fields
-                    .event
-                    .filter(|k| usable_kind(k))
-                    .unwrap_or_else(|| hook.name().to_string()),
-                format,
-                callid: fields.callid,
-            },
-            Err(e) => Decoded::Quarantine(e.to_string()),
-        },
-        _ if form::has_named_field(body) => Decoded::Event {
+    }
+    if declared == Declared::Unsupported {
+        let media = content_type.map(String::from_utf8_lossy).unwrap_or_default();
+        let media = media.split(';').next().unwrap_or_default().trim().to_string();
+        return Decoded::Quarantine(format!("unsupported content type {media:?}"));
+    }
+    match (hook, form::plausibility(body)) {
+        (Hook::Sms, Ok(())) => Decoded::Event {
             kind: Hook::Sms.name().to_string(),
             format: BodyFormat::Form,
             callid: None,
         },
-        _ => Decoded::Quarantine("form body has no named field".to_string()),
+        (Hook::Sms, Err(why)) => Decoded::Quarantine(format!("not a form: {why}")),
+        (hook, Ok(())) => Decoded::Quarantine(format!("form body on the {} hook", hook.name())),
+        (hook, Err(_)) => Decoded::Quarantine(format!(
+            "{} on the {} hook is neither JSON nor a form",
+            if body.iter().any(|&b| b == 0 || (b < 0x20 && !b.is_ascii_whitespace())) {
+                "binary body"
+            } else {
+                "text body"
+            },
+            hook.name()
+        )),
+    }
+}
+
+/// A reason for bodies in an encoding no decoder here reads, told by their first bytes:
+/// compressed (a `Content-Encoding` the gateway does not undo) or UTF-16.
+fn undecodable_encoding(body: &[u8]) -> Option<&'static str> {
+    match body {
+        [0x1f, 0x8b, ..] => Some("gzip-compressed body"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd-compressed body"),
+        [0xff, 0xfe, ..] | [0xfe, 0xff, ..] => Some("UTF-16 body (UTF-8 expected)"),
+        // UTF-16 without a byte order mark: ASCII text with a NUL beside every character.
+        [a, 0, b, 0, ..] | [0, a, 0, b, ..] if a.is_ascii_graphic() && b.is_ascii_graphic() => {
+            Some("UTF-16 body (UTF-8 expected)")
+        }
+        _ => None,
     }
 }
 
@@ -123,6 +167,22 @@ mod tests {
             kind: kind.into(),
             format,
             callid: callid.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn compressed_and_utf16_bodies_are_named() {
+        let cases: [(&[u8], &str); 4] = [
+            (b"\x1f\x8b\x08\x00\x00\x00", "gzip-compressed body"),
+            (b"\x28\xb5\x2f\xfd\x00", "zstd-compressed body"),
+            (b"\xff\xfe{\x00\"\x00", "UTF-16 body (UTF-8 expected)"),
+            (b"{\x00\"\x00a\x00", "UTF-16 body (UTF-8 expected)"),
+        ];
+        for hook in Hook::ALL {
+            for (body, why) in cases {
+                let got = decode_body(&mut JsonDecoder::default(), hook, None, body);
+                assert_eq!(got, Decoded::Quarantine(why.into()), "{body:?}");
+            }
         }
     }
 
@@ -169,16 +229,80 @@ mod tests {
                 ev("sms", Form, None),
             ),
             (Hook::Sms, None, "src=1", ev("sms", Form, None)),
+            // A form is an event only on the SMS hook.
             (
                 Hook::Cdr,
                 Some("text/plain"),
                 "src=1",
-                ev("sms", Form, None),
+                q("form body on the cdr hook"),
+            ),
+            (
+                Hook::Recording,
+                Some("application/x-www-form-urlencoded"),
+                "src=1&dst=2",
+                q("form body on the recording hook"),
+            ),
+            // JSON is JSON whatever the Content-Type says: curl's default form type, none,
+            // a byte order mark in front.
+            (
+                Hook::Cdr,
+                Some("application/x-www-form-urlencoded"),
+                r#"{"calldate":"2026-05-12T05:17:58Z","callid":"formct1","event":"cdr"}"#,
+                ev("cdr", Json, Some("formct1")),
+            ),
+            (
+                Hook::Cdr,
+                None,
+                "\u{feff}{\"callid\":\"bom\"}",
+                ev("cdr", Json, Some("bom")),
             ),
             (
                 Hook::Sms,
                 Some("application/x-www-form-urlencoded"),
                 "{\"event\":\"cdr\"}",
+                ev("cdr", Json, None),
+            ),
+            (
+                Hook::Cdr,
+                Some("multipart/form-data; boundary=x"),
+                "{\"a\":1}",
+                ev("cdr", Json, None),
+            ),
+            // Neither JSON nor a plausible form: quarantined, with a reason a person reads.
+            (
+                Hook::Cdr,
+                None,
+                "hello world",
+                q("text body on the cdr hook is neither JSON nor a form"),
+            ),
+            (
+                Hook::Cdr,
+                None,
+                "\u{1}\u{2}abc",
+                q("binary body on the cdr hook is neither JSON nor a form"),
+            ),
+            (
+                Hook::Sms,
+                None,
+                "hello world",
+                q("not a form: no `=` anywhere, so no name=value pairs"),
+            ),
+            (
+                Hook::Sms,
+                None,
+                "a%00b=1",
+                q("not a form: a field name holds control bytes"),
+            ),
+            (
+                Hook::Sms,
+                None,
+                "x\u{7}=1",
+                q("not a form: a field name holds control bytes"),
+            ),
+            (
+                Hook::Sms,
+                Some("application/x-www-form-urlencoded"),
+                "{weird}=1&src=2",
                 ev("sms", Form, None),
             ),
             (
@@ -194,12 +318,12 @@ mod tests {
                 q("JSON is not an object"),
             ),
             (Hook::Cdr, Some("application/json"), "  ", q("empty body")),
-            (Hook::Sms, None, "&&", q("form body has no named field")),
+            (Hook::Sms, None, "&=&", q("not a form: no named field")),
             (
                 Hook::Sms,
                 Some("multipart/form-data; boundary=x"),
                 "a=b",
-                q("unsupported content type"),
+                q("unsupported content type \"multipart/form-data\""),
             ),
         ];
         for (hook, ct, body, want) in cases {

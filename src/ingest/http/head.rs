@@ -159,10 +159,10 @@ fn parse_head_in<'b>(
         }
         Framing::Length(n)
     };
-    let method = if req.method == Some("POST") {
-        Method::Post
-    } else {
-        Method::Other
+    let method = match req.method {
+        Some("POST") => Method::Post,
+        Some("HEAD") => Method::Head,
+        _ => Method::Other,
     };
     Ok(Status::Complete(Head {
         method,

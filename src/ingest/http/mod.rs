@@ -93,6 +93,8 @@ impl Error {
 pub enum Method {
     /// `POST`, the only method a hook takes.
     Post,
+    /// `HEAD`: answered like a GET, without the body.
+    Head,
     /// Any other method (answered 405 on a hook path).
     Other,
 }
