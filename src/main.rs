@@ -222,8 +222,24 @@ impl DataArgs {
     }
 }
 
+/// The mode bits no file didgate creates may have: CDRs and SMS are personal data, so every
+/// file is at most 0640 (the `didgate` group may read) and every directory at most 0750,
+/// whatever the umask it was started with (a backup into a 0755 directory, a reader's lock
+/// file).
+const UMASK: libc::mode_t = 0o027;
+
 fn main() -> ExitCode {
+    // SAFETY: umask only sets the process's file-creation mask; no thread runs yet.
+    unsafe {
+        libc::umask(UMASK);
+    }
     let cli = Cli::parse();
+    // A fault inside LMDB on a damaged store becomes one line and the command's error status.
+    didgate::store::contain_faults(match cli.command {
+        Command::Serve(_) => i32::from(didgate::serve::EXIT_STORE_DAMAGED),
+        Command::Check(_) => 1,
+        _ => 2,
+    });
     match cli.command {
         Command::Serve(a) => {
             let flags = Flags {
@@ -287,7 +303,7 @@ fn main() -> ExitCode {
             cli::get::run(store, &a.callid, a.raw, out)
         }),
         Command::Stats(a) => read(&a.data, |store, out| cli::stats::run(store, a.json, out)),
-        Command::Check(a) => read(&a.data, cli::check::run),
+        Command::Check(a) => read(&a.data, |store, out| cli::check::run(store, a.json, out)),
         Command::Prune(a) => in_data_dir(&a.data, |dir, out| cli::prune::run(dir, &a.before, out)),
         Command::Backup(a) => in_data_dir(&a.data, |dir, out| {
             cli::backup::run(&cli::open(dir)?, dir, &a.path, out)

@@ -27,7 +27,7 @@ use crate::ops::health::Health;
 use crate::ops::log::Level;
 use crate::ops::metrics::{Metrics, Rejection};
 use crate::ops::notify;
-use crate::store::Store;
+use crate::store::{self, Store};
 use crate::writer::{FATAL_EXIT_GRACE, Fatal, Writer};
 
 /// Name of the lock file that keeps a second `serve` off the same data directory.
@@ -49,6 +49,11 @@ pub const MIN_STACK_BYTES: usize = 64 * 1024;
 pub const DEFAULT_COROUTINE_POOL: usize = 128;
 /// Descriptors kept back from the connection cap for LMDB, the listener, logs and the writer.
 pub const RESERVED_FDS: usize = 64;
+
+/// Exit status when the store is damaged (its data file disagrees with its meta pages, or
+/// LMDB faulted reading it): restarting cannot help, so the unit does not restart on it
+/// (`RestartPreventExitStatus=3`); restore the last backup. (EX_? has none; 3 is free.)
+pub const EXIT_STORE_DAMAGED: u8 = 3;
 
 /// Exit status when the storage became unusable (LMDB's `MDB_PANIC`): only a restart of the
 /// process recovers, and systemd's `Restart=on-failure` does that. (EX_SOFTWARE.)
@@ -121,6 +126,8 @@ impl Default for Settings {
 pub enum Error {
     /// Start-up failed; the message names what to fix.
     Start(String),
+    /// The store is damaged: exit [`EXIT_STORE_DAMAGED`].
+    Damaged(String),
     /// The storage became unusable while running: exit [`EXIT_STORE_UNUSABLE`].
     Fatal(Fatal),
 }
@@ -130,6 +137,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Start(_) => 1,
+            Error::Damaged(_) => EXIT_STORE_DAMAGED,
             Error::Fatal(_) => EXIT_STORE_UNUSABLE,
         }
     }
@@ -138,7 +146,7 @@ impl Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Start(m) => f.write_str(m),
+            Error::Start(m) | Error::Damaged(m) => f.write_str(m),
             Error::Fatal(e) => write!(f, "{e}; exiting so the service manager restarts didgate"),
         }
     }
@@ -201,9 +209,13 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     let _lock = lock_data_dir(dir)?;
     let token = crate::ops::token::load_or_create(dir, cfg.token.as_deref())
         .map_err(start_error("cannot read or create the token"))?;
+    set_aside_unborn(dir)?;
     let map_bytes = usize::try_from(cfg.writer.map_bytes).unwrap_or(usize::MAX);
     let store = Store::open_writer_with(dir, map_bytes, cfg.writer.durability.store_sync())
-        .map_err(|e| Error::Start(format!("cannot open the store in {}: {e}", dir.display())))?;
+        .map_err(|e| match e {
+            store::Error::Damaged(_) => Error::Damaged(e.to_string()),
+            e => Error::Start(format!("cannot open the store in {}: {e}", dir.display())),
+        })?;
 
     // The runtime reads these when it starts, which is the first coroutine or socket below.
     may::config()
@@ -440,6 +452,34 @@ fn start_watchdog(interval: Duration, health: Arc<Health>) {
     if let Err(e) = spawned {
         crate::ops::log::error(format_args!("cannot start the watchdog thread: {e}"));
     }
+}
+
+/// Moves aside a data file that cannot hold an event (a power cut while the store was being
+/// created left part of LMDB's first write), so `serve` starts fresh instead of refusing
+/// forever. A file that might hold a committed event is never touched: that is a damaged
+/// store, reported by the open.
+fn set_aside_unborn(dir: &std::path::Path) -> Result<(), Error> {
+    let Err(damage) = store::header::check(dir) else {
+        return Ok(());
+    };
+    if !damage.unborn {
+        return Ok(());
+    }
+    let stamp = crate::timestamp::now_ms() / 1000;
+    let aside = dir.join(format!("data.mdb.unborn-{stamp}"));
+    std::fs::rename(&damage.file, &aside).map_err(|e| {
+        Error::Damaged(format!(
+            "{damage}; cannot move it aside to {}: {e}",
+            aside.display()
+        ))
+    })?;
+    crate::ops::log::warn(format_args!(
+        "{} holds no committed transaction ({}): moved it to {} and starting a new store",
+        damage.file.display(),
+        damage.what,
+        aside.display()
+    ));
+    Ok(())
 }
 
 /// Takes the data directory's lock, so two `serve` processes never share one store.

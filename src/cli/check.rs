@@ -6,29 +6,45 @@ use std::io::Write;
 use super::{Error, Result, emit};
 use crate::store::Store;
 
-/// Prints the report; any problem makes the exit status 1.
+/// Prints the report, as text or (`json`) one JSON object; any problem makes the exit status 1.
 ///
 /// # Errors
 /// [`Error::NoMatch`] (exit 1) when the store is inconsistent; store and output errors.
-pub fn run(store: &Store, out: &mut impl Write) -> Result<()> {
+pub fn run(store: &Store, json: bool, out: &mut impl Write) -> Result<()> {
     let report = store.check()?;
-    let mut buf = format!(
-        "{} events, {} quarantined, {} call index entries: {}\n",
-        report.events,
-        report.quarantined,
-        report.call_entries,
-        if report.problems.is_empty() {
-            "consistent"
-        } else {
-            "INCONSISTENT"
+    let consistent = report.problems.is_empty();
+    let mut buf = if json {
+        let mut line = serde_json::json!({
+            "events": report.events,
+            "quarantined": report.quarantined,
+            "call_index_entries": report.call_entries,
+            "call_index_entries_unblocked": report.call_entries_unblocked,
+            "consistent": consistent,
+            "problems": report.problems,
+        })
+        .to_string();
+        line.push('\n');
+        line.into_bytes()
+    } else {
+        let mut text = format!(
+            "{} events, {} quarantined, {} call index entries ({} not yet in a complete block): {}\n",
+            report.events,
+            report.quarantined,
+            report.call_entries,
+            report.call_entries_unblocked,
+            if consistent {
+                "consistent"
+            } else {
+                "INCONSISTENT"
+            }
+        );
+        for p in &report.problems {
+            text.push_str(&format!("  {p}\n"));
         }
-    )
-    .into_bytes();
-    for p in &report.problems {
-        buf.extend_from_slice(format!("  {p}\n").as_bytes());
-    }
+        text.into_bytes()
+    };
     emit(out, &mut buf)?;
-    if report.problems.is_empty() {
+    if consistent {
         Ok(())
     } else {
         Err(Error::NoMatch(format!(

@@ -12,11 +12,11 @@ use crate::event::BodyFormat;
 use crate::ingest::decode::form::Form;
 use crate::ingest::decode::json::{StringState, strip_bom};
 
+use crate::store::StoredEvent;
+use crate::timestamp;
 use serde::Deserializer as _;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
-use crate::store::StoredEvent;
-use crate::timestamp;
 
 /// The fields didlogic documents per kind, in the order CSV puts them first.
 pub fn documented_fields(kind: &str) -> &'static [&'static str] {
@@ -120,8 +120,9 @@ pub fn csv_cell<'a>(fields: &'a PayloadFields, field: &str) -> Cow<'a, str> {
             };
             let text = raw.get();
             match text.as_bytes().first() {
-                Some(b'"') => serde_json::from_str::<String>(text)
-                    .map_or(Cow::Borrowed(text), Cow::Owned),
+                Some(b'"') => {
+                    serde_json::from_str::<String>(text).map_or(Cow::Borrowed(text), Cow::Owned)
+                }
                 Some(b'n') => Cow::Borrowed(""),
                 Some(b'[' | b'{') => {
                     let mut out = Vec::with_capacity(text.len());

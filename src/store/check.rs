@@ -19,8 +19,12 @@ pub struct CheckReport {
     pub events: u64,
     /// Quarantined bodies looked at.
     pub quarantined: u64,
-    /// Entries in the complete call blocks.
+    /// Events findable by callid: entries of the complete call blocks plus the events with a
+    /// callid after the last complete block (found through their digests until their block
+    /// is complete).
     pub call_entries: u64,
+    /// Of `call_entries`, those after the last complete block.
+    pub call_entries_unblocked: u64,
     /// Each inconsistency, in words; empty when the store is consistent.
     pub problems: Vec<String>,
 }
@@ -122,14 +126,21 @@ impl Store {
         }
         for item in Walk::forward(txn, self.dbs.digests, 0)? {
             let (seq, v) = item?;
-            if seq >= indexed_to {
-                break;
-            }
             let digest = match Digest::decode(seq, v) {
                 Ok(d) => d,
                 // Reported with its event above.
                 Err(_) => continue,
             };
+            if seq >= indexed_to {
+                if digest.callid.is_some() {
+                    report.call_entries += 1;
+                    report.call_entries_unblocked += 1;
+                }
+                if txn.get(self.dbs.events.handle, &seq_key(seq)).is_err() {
+                    report.problems.push(format!("digest {seq} has no event"));
+                }
+                continue;
+            }
             if let Some(hash) = digest.callid {
                 let block = seq / CALL_BLOCK;
                 let found = get_seq(txn, self.dbs.callblocks, block)?.is_some_and(|entries| {

@@ -215,7 +215,11 @@ fn check_metas(
         return Err(damage(p));
     }
     // LMDB uses the meta with the higher transaction id.
-    let newest = if meta1.txnid > meta0.txnid { &meta1 } else { &meta0 };
+    let newest = if meta1.txnid > meta0.txnid {
+        &meta1
+    } else {
+        &meta0
+    };
     let pages = newest.last_page.saturating_add(1);
     let implied = pages.saturating_mul(psize as u64);
     if len < implied {
@@ -257,7 +261,8 @@ mod tests {
                 body: format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(500)).into_bytes(),
                 callid: None,
             };
-            w.append_event(&ev, crate::store::body_hash(&ev.body)).unwrap();
+            w.append_event(&ev, crate::store::body_hash(&ev.body))
+                .unwrap();
         }
         w.commit().unwrap();
         store.sync().unwrap();

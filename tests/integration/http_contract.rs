@@ -158,7 +158,13 @@ fn head_and_body_deadlines_close_without_a_4xx() {
     assert!(start.elapsed() < Duration::from_secs(5));
     // The same on a hook path with the right token, paused in the middle of a header.
     let mut c = s.connect();
-    c.send(format!("POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: app", s.path("cdr")).as_bytes());
+    c.send(
+        format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: app",
+            s.path("cdr")
+        )
+        .as_bytes(),
+    );
     let (resp, closed) = c.all_until_close();
     assert!(resp.is_empty() && closed, "{resp:?}");
     // A body that stops arriving: closed without an answer (a 4xx would make the sender drop

@@ -201,11 +201,36 @@ fn a_json_body_is_json_whatever_its_content_type_and_misfiled_bodies_are_quarant
     assert_eq!(read_ok(&data, &["get", "bom1"]).lines().count(), 1);
 
     let misfiled: [(&str, &str, &[u8], &str); 5] = [
-        ("cdr", FORM, b"src=1&dst=2&message=hi", "form body on the cdr hook"),
-        ("cdr", "", b"hello world", "text body on the cdr hook is neither JSON nor a form"),
-        ("recording", "", b"\x1f\x8b\x08\x00\x00\x00\x00\x00", "gzip-compressed body"),
-        ("cdr", JSON, b"\xff\xfe{\x00}\x00", "UTF-16 body (UTF-8 expected)"),
-        ("sms", FORM, b"a\x00b&c", "not a form: no `=` anywhere, so no name=value pairs"),
+        (
+            "cdr",
+            FORM,
+            b"src=1&dst=2&message=hi",
+            "form body on the cdr hook",
+        ),
+        (
+            "cdr",
+            "",
+            b"hello world",
+            "text body on the cdr hook is neither JSON nor a form",
+        ),
+        (
+            "recording",
+            "",
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00",
+            "gzip-compressed body",
+        ),
+        (
+            "cdr",
+            JSON,
+            b"\xff\xfe{\x00}\x00",
+            "UTF-16 body (UTF-8 expected)",
+        ),
+        (
+            "sms",
+            FORM,
+            b"a\x00b&c",
+            "not a form: no `=` anywhere, so no name=value pairs",
+        ),
     ];
     for (hook, ct, body, _) in misfiled {
         let req = request(&s.path(hook), ct, body, "Connection: close\r\n");

@@ -5,6 +5,7 @@ mod util;
 
 mod appliance;
 mod conformance;
+mod damage;
 mod durability;
 mod flood;
 mod http_contract;

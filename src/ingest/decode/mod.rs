@@ -106,8 +106,15 @@ pub fn decode_body(
         }
     }
     if declared == Declared::Unsupported {
-        let media = content_type.map(String::from_utf8_lossy).unwrap_or_default();
-        let media = media.split(';').next().unwrap_or_default().trim().to_string();
+        let media = content_type
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let media = media
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         return Decoded::Quarantine(format!("unsupported content type {media:?}"));
     }
     match (hook, form::plausibility(body)) {
@@ -120,7 +127,10 @@ pub fn decode_body(
         (hook, Ok(())) => Decoded::Quarantine(format!("form body on the {} hook", hook.name())),
         (hook, Err(_)) => Decoded::Quarantine(format!(
             "{} on the {} hook is neither JSON nor a form",
-            if body.iter().any(|&b| b == 0 || (b < 0x20 && !b.is_ascii_whitespace())) {
+            if body
+                .iter()
+                .any(|&b| b == 0 || (b < 0x20 && !b.is_ascii_whitespace()))
+            {
                 "binary body"
             } else {
                 "text body"
