@@ -271,6 +271,94 @@ impl Config {
     }
 }
 
+/// Keys a reload applies at once; every other key waits for a restart.
+pub const LIVE_KEYS: [&str; 8] = [
+    "token",
+    "previous_token",
+    "allow_from",
+    "log_level",
+    "retention_days",
+    "quarantine_retention_days",
+    "min_free_disk_bytes",
+    "shutdown_timeout",
+];
+
+/// The file keys whose value differs between two configurations, in the file's order.
+pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
+    let (s, t) = (&a.serve, &b.serve);
+    let (i, j) = (&a.ingest, &b.ingest);
+    let (w, x) = (&a.writer, &b.writer);
+    let interval = |d: Durability| match d {
+        Durability::Fsync => None,
+        Durability::Interval(d) => Some(d),
+    };
+    let keys = [
+        ("listen", s.listen != t.listen),
+        ("data_dir", a.data_dir != b.data_dir),
+        ("token", a.token != b.token),
+        (
+            "max_head_bytes",
+            i.limits.max_head_bytes != j.limits.max_head_bytes,
+        ),
+        ("max_headers", i.limits.max_headers != j.limits.max_headers),
+        (
+            "max_body_bytes",
+            i.limits.max_body_bytes != j.limits.max_body_bytes,
+        ),
+        ("head_timeout", i.head_timeout != j.head_timeout),
+        ("body_timeout", i.body_timeout != j.body_timeout),
+        ("idle_timeout", i.idle_timeout != j.idle_timeout),
+        ("write_timeout", i.write_timeout != j.write_timeout),
+        ("commit_timeout", i.commit_timeout != j.commit_timeout),
+        ("shutdown_timeout", s.shutdown_timeout != t.shutdown_timeout),
+        ("dedup_window", w.dedup_window != x.dedup_window),
+        (
+            "dedup_memory_events",
+            w.dedup_memory_events != x.dedup_memory_events,
+        ),
+        ("queue_capacity", w.queue_capacity != x.queue_capacity),
+        ("batch_max", w.batch_max != x.batch_max),
+        ("max_connections", s.max_connections != t.max_connections),
+        ("workers", s.workers != t.workers),
+        ("stack_bytes", s.stack_bytes != t.stack_bytes),
+        ("coroutine_pool", s.coroutine_pool != t.coroutine_pool),
+        ("map_size_bytes", w.map_bytes != x.map_bytes),
+        ("max_map_size_bytes", w.max_map_bytes != x.max_map_bytes),
+        ("max_json_depth", i.max_json_depth != j.max_json_depth),
+        ("listen_backlog", s.listen_backlog != t.listen_backlog),
+        ("log_level", s.log_level != t.log_level),
+        ("admin_listen", s.admin_listen != t.admin_listen),
+        ("allow_from", a.allow_from != b.allow_from),
+        ("previous_token", a.previous_token != b.previous_token),
+        (
+            "retention_days",
+            a.retention.days_by_kind != b.retention.days_by_kind
+                || a.retention.default_days != b.retention.default_days,
+        ),
+        (
+            "quarantine_retention_days",
+            a.retention.quarantine_days != b.retention.quarantine_days,
+        ),
+        (
+            "min_free_disk_bytes",
+            w.min_free_disk_bytes != x.min_free_disk_bytes,
+        ),
+        (
+            "file_headroom_bytes",
+            w.file_headroom_bytes != x.file_headroom_bytes,
+        ),
+        (
+            "durability",
+            std::mem::discriminant(&w.durability) != std::mem::discriminant(&x.durability),
+        ),
+        (
+            "sync_interval",
+            interval(w.durability) != interval(x.durability),
+        ),
+    ];
+    keys.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect()
+}
+
 /// Listeners, runtime, shutdown and log level.
 fn serve_section(f: &FileConfig, flags: &Flags) -> Result<serve::Settings, Error> {
     let d = serve::Settings::default();
@@ -527,6 +615,69 @@ mod tests {
         assert_eq!(c.serve, serve::Settings::default());
         assert_eq!(c.ingest, gateway::Settings::default());
         assert_eq!(c.writer, writer::Settings::default());
+    }
+
+    #[test]
+    fn changed_keys_name_each_key_that_differs() {
+        let a = parse("").unwrap();
+        let b = parse(
+            "log_level = \"debug\"\nqueue_capacity = 8\nmin_free_disk_bytes = 1\ndurability = \"interval\"",
+        )
+        .unwrap();
+        assert_eq!(
+            changed_keys(&a, &b),
+            [
+                "queue_capacity",
+                "log_level",
+                "min_free_disk_bytes",
+                "durability",
+                "sync_interval"
+            ]
+        );
+        assert!(changed_keys(&a, &a).is_empty());
+        // Every key the file takes is compared: a key added to the file and not here would
+        // silently be neither applied nor reported.
+        let keys = [
+            "listen",
+            "data_dir",
+            "token",
+            "max_head_bytes",
+            "max_headers",
+            "max_body_bytes",
+            "head_timeout",
+            "body_timeout",
+            "idle_timeout",
+            "write_timeout",
+            "commit_timeout",
+            "shutdown_timeout",
+            "dedup_window",
+            "dedup_memory_events",
+            "queue_capacity",
+            "batch_max",
+            "max_connections",
+            "workers",
+            "stack_bytes",
+            "coroutine_pool",
+            "map_size_bytes",
+            "max_map_size_bytes",
+            "max_json_depth",
+            "listen_backlog",
+            "log_level",
+            "admin_listen",
+            "allow_from",
+            "previous_token",
+            "retention_days",
+            "quarantine_retention_days",
+            "min_free_disk_bytes",
+            "file_headroom_bytes",
+            "durability",
+            "sync_interval",
+        ];
+        let schema = format!("{:?}", FileConfig::default());
+        for k in keys {
+            assert!(schema.contains(&format!("{k}: None")), "{k}");
+        }
+        assert_eq!(schema.matches(": None").count(), keys.len());
     }
 
     #[test]

@@ -207,7 +207,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
             ))
         })?;
     let _lock = lock_data_dir(dir)?;
-    let token = crate::ops::token::load_or_create(dir, cfg.token.as_deref())
+    let mut token = crate::ops::token::load_or_create(dir, cfg.token.as_deref())
         .map_err(start_error("cannot read or create the token"))?;
     set_aside_unborn(dir)?;
     let map_bytes = usize::try_from(cfg.writer.map_bytes).unwrap_or(usize::MAX);
@@ -310,7 +310,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         };
         match wake {
             Wake::Signal(libc::SIGHUP) => {
-                if let Some(new) = reload(&flags, &cfg, &token, &gateway, &writer) {
+                if let Some(new) = reload(&flags, &cfg, &mut token, &gateway, &writer) {
                     cfg = new;
                 }
             }
@@ -368,58 +368,82 @@ fn stop_listening(fd: RawFd) {
     }
 }
 
-/// Re-reads the configuration and applies what can change live. Returns the new configuration
-/// when it was valid; an invalid file is reported and the running configuration kept.
+/// Re-reads the configuration and applies what can change live ([`crate::config::LIVE_KEYS`]).
+/// Returns the new configuration when it was valid; an invalid file is reported and the
+/// running configuration kept. The log lists, by key, what was applied and what waits for a
+/// restart, and whether the live token changed (never the token itself).
+///
+/// `token` is the live token. A file that names no `token` means the one kept in the data
+/// directory, the one a restart would use, so removing the line never revives an older token.
 fn reload(
     flags: &Flags,
     old: &Config,
-    token: &str,
+    token: &mut String,
     gateway: &Gateway,
     writer: &Writer,
 ) -> Option<Config> {
     notify::notify("RELOADING=1");
+    let refuse = |why: String| {
+        crate::ops::log::error(format_args!(
+            "reload refused, keeping the running configuration: {why}"
+        ));
+        notify::notify("READY=1");
+        None
+    };
     let new = match Config::load(flags) {
         Ok(new) => new,
-        Err(e) => {
-            crate::ops::log::error(format_args!(
-                "reload refused, keeping the running configuration: {e}"
-            ));
-            notify::notify("READY=1");
-            return None;
-        }
+        Err(e) => return refuse(e.to_string()),
     };
-    // The token given on the command line or in the file wins; otherwise the kept one stays.
-    let token = new.token.clone().unwrap_or_else(|| token.to_string());
-    gateway.set_access(access_of(&new, &token));
+    let live_token = match &new.token {
+        Some(t) => t.clone(),
+        None => match crate::ops::token::load_or_create(&old.data_dir, None) {
+            Ok(t) => t,
+            Err(e) => return refuse(format!("cannot read the kept token: {e}")),
+        },
+    };
+    let token_note = if live_token == *token {
+        "token unchanged".to_string()
+    } else {
+        let source = if new.token.is_some() {
+            "the configured one"
+        } else {
+            "the one kept in the data directory"
+        };
+        let previous = if new.previous_token.as_deref() == Some(token.as_str()) {
+            "the previous token is still accepted until a reload without `previous_token`"
+        } else {
+            "the previous token is no longer accepted"
+        };
+        format!("token changed to {source}; {previous}")
+    };
+    *token = live_token;
+    gateway.set_access(access_of(&new, token));
     crate::ops::log::set_level(new.serve.log_level);
     if let Ok(mut policy) = writer.retention.lock() {
         *policy = new.retention.clone();
     }
-    let fixed = [
-        ("listen", old.serve.listen != new.serve.listen),
-        ("data_dir", old.data_dir != new.data_dir),
-        (
-            "admin_listen",
-            old.serve.admin_listen != new.serve.admin_listen,
-        ),
-        ("durability", old.writer.durability != new.writer.durability),
-        (
-            "limits and timeouts",
-            old.ingest.limits != new.ingest.limits
-                || old.ingest.commit_timeout != new.ingest.commit_timeout,
-        ),
-    ];
-    let restart: Vec<&str> = fixed
+    writer.set_min_free_disk_bytes(new.writer.min_free_disk_bytes);
+    let changed = crate::config::changed_keys(old, &new);
+    let (applied, restart): (Vec<&str>, Vec<&str>) = changed
         .iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(k, _)| *k)
-        .collect();
+        .partition(|k| crate::config::LIVE_KEYS.contains(k));
+    let list = |keys: &[&str]| {
+        if keys.is_empty() {
+            "none".to_string()
+        } else {
+            keys.join(", ")
+        }
+    };
+    let line = format!(
+        "configuration reloaded: applied {}; {token_note}",
+        list(&applied)
+    );
     if restart.is_empty() {
-        crate::ops::log::info(format_args!("configuration reloaded"));
+        crate::ops::log::info(format_args!("{line}"));
     } else {
         crate::ops::log::warn(format_args!(
-            "configuration reloaded; changes to {} take effect at the next restart",
-            restart.join(", ")
+            "{line}; waiting for a restart: {}",
+            list(&restart)
         ));
     }
     notify::notify("READY=1");

@@ -191,7 +191,7 @@ impl Housekeeping {
         };
         self.disk_free = Some(free);
         ctx.metrics.disk_free_bytes.store(free, Ordering::Relaxed);
-        let min = ctx.settings.min_free_disk_bytes;
+        let min = ctx.min_free_disk_bytes();
         let was_low = ctx.health.disk_low.load(Ordering::Relaxed);
         let low = if was_low {
             (free as f64) < min as f64 * DISK_HYSTERESIS
@@ -255,8 +255,7 @@ impl Housekeeping {
                 self.space = space;
             }
         }
-        let floor =
-            (ctx.settings.min_free_disk_bytes as f64 * DISK_HYSTERESIS) as u64 + HEADROOM_STEP;
+        let floor = (ctx.min_free_disk_bytes() as f64 * DISK_HYSTERESIS) as u64 + HEADROOM_STEP;
         let mut flushed = false;
         loop {
             let space = self.space;

@@ -19,7 +19,7 @@ mod reply;
 pub mod retention;
 mod wakeup;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -122,7 +122,8 @@ pub struct Settings {
     /// When commits reach the disk; the store must be opened with
     /// [`Durability::store_sync`] of the same mode.
     pub durability: Durability,
-    /// Below this many free bytes on the data filesystem, ingest answers 503.
+    /// Below this many free bytes on the data filesystem, ingest answers 503. Changed live
+    /// with [`Writer::set_min_free_disk_bytes`].
     pub min_free_disk_bytes: u64,
     /// The map size the store is opened with; it grows up to `max_map_bytes`.
     pub map_bytes: u64,
@@ -179,11 +180,14 @@ pub struct Writer {
     ended: Receiver<()>,
     /// Retention, replaceable on reload.
     pub retention: Arc<Mutex<Policy>>,
+    /// The free-disk floor in force, replaceable on reload.
+    min_free_disk_bytes: Arc<AtomicU64>,
 }
 
 /// What the writer thread owns and shares.
 pub(crate) struct Ctx {
     settings: Settings,
+    min_free_disk_bytes: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -207,7 +211,9 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let retention = Arc::new(Mutex::new(retention));
         let (ended_tx, ended) = crossbeam_channel::bounded::<()>(0);
+        let min_free_disk_bytes = Arc::new(AtomicU64::new(settings.min_free_disk_bytes));
         let ctx = Ctx {
+            min_free_disk_bytes: min_free_disk_bytes.clone(),
             settings,
             stop: stop.clone(),
             health,
@@ -226,8 +232,15 @@ impl Writer {
             stop,
             ended,
             retention,
+            min_free_disk_bytes,
         };
         Ok((writer, queue))
+    }
+
+    /// Changes the free-disk floor; the writer applies it at its next disk check (before the
+    /// next batch, or within a second when idle).
+    pub fn set_min_free_disk_bytes(&self, bytes: u64) {
+        self.min_free_disk_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Disconnects when the writer thread has ended (stopped, or a [`Fatal`] error): wait on it
@@ -249,6 +262,13 @@ impl Writer {
                 Ok(())
             }
         }
+    }
+}
+
+impl Ctx {
+    /// The free-disk floor in force.
+    fn min_free_disk_bytes(&self) -> u64 {
+        self.min_free_disk_bytes.load(Ordering::Relaxed)
     }
 }
 

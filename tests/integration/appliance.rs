@@ -78,6 +78,115 @@ fn below_the_disk_headroom_events_get_503_and_readyz_says_why() {
     );
 }
 
+/// Waits until the server's log holds `n` lines containing `what`.
+fn await_log(s: &Server, what: &str, n: usize) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let log = s.stderr();
+        if log.matches(what).count() >= n {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {what:?} in {log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Regression: deleting `token` from the file and reloading revived the token the process
+/// had started with (retired two reloads earlier) and retired the live one.
+#[test]
+fn a_reload_without_token_uses_the_kept_token_and_says_what_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = "old-token-0123456789abcdef";
+    let new = "new-token-0123456789abcdef";
+    let data = tmp.path().join("data");
+    // A token kept in the data directory, as a first start without `token` leaves.
+    drop(Server::start(&data, &[]));
+    let kept = std::fs::read_to_string(data.join("token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let cfg = write_config(tmp.path(), "didgate.toml", &format!("token = \"{old}\"\n"));
+    let s = Server::start(&data, &["--config", &cfg]);
+    let status = |token: &str, id: &str| {
+        let mut c = s.connect();
+        c.send(&request(
+            &format!("/hooks/{token}/cdr"),
+            JSON,
+            cdr(id).as_bytes(),
+            "",
+        ));
+        c.response().status
+    };
+    let steps: [(String, &str, [(&str, u16); 3]); 4] = [
+        (
+            format!("token = \"{new}\"\nprevious_token = \"{old}\"\n"),
+            "token changed to the configured one; the previous token is still accepted",
+            [(old, 200), (new, 200), (&kept, 404)],
+        ),
+        (
+            format!("token = \"{new}\"\n"),
+            "token unchanged",
+            [(old, 404), (new, 200), (&kept, 404)],
+        ),
+        (
+            String::new(),
+            "token changed to the one kept in the data directory; the previous token is no longer accepted",
+            [(old, 404), (new, 404), (&kept, 200)],
+        ),
+        (
+            "log_level = \"debug\"\nqueue_capacity = 8\n".to_string(),
+            "applied log_level; token unchanged; waiting for a restart: queue_capacity",
+            [(old, 404), (new, 404), (&kept, 200)],
+        ),
+    ];
+    for (n, (text, said, answers)) in steps.iter().enumerate() {
+        write_config(tmp.path(), "didgate.toml", text);
+        s.signal(libc::SIGHUP);
+        let log = await_log(&s, "configuration reloaded", n + 1);
+        assert!(log.contains(said), "step {n}: {log}");
+        for (i, (token, want)) in answers.iter().enumerate() {
+            assert_eq!(
+                status(token, &format!("s{n}-{i}")),
+                *want,
+                "step {n}, token {i}"
+            );
+        }
+    }
+    let log = s.stderr();
+    for t in [old, new, kept.as_str()] {
+        assert!(!log.contains(t), "a token in the log: {log}");
+    }
+}
+
+/// `min_free_disk_bytes` applies on reload: raised past the free space, ingest answers 503;
+/// lowered again, it takes events without a restart.
+#[test]
+fn the_free_disk_floor_changes_on_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "didgate.toml", "min_free_disk_bytes = 0\n");
+    let s = Server::start(&tmp.path().join("data"), &["--config", &cfg]);
+    assert_eq!(s.post("cdr", JSON, &cdr("floor-1")).status, 200);
+    write_config(
+        tmp.path(),
+        "didgate.toml",
+        "min_free_disk_bytes = 1152921504606846976\n",
+    );
+    s.signal(libc::SIGHUP);
+    let log = await_log(&s, "configuration reloaded", 1);
+    assert!(log.contains("applied min_free_disk_bytes"), "{log}");
+    let r = s.post("cdr", JSON, &cdr("floor-2"));
+    assert_eq!(r.status, 503);
+    assert_eq!(s.admin_get("/readyz").status, 503);
+    write_config(tmp.path(), "didgate.toml", "min_free_disk_bytes = 0\n");
+    s.signal(libc::SIGHUP);
+    await_log(&s, "configuration reloaded", 2);
+    let deadline = Instant::now() + PATIENCE;
+    while s.post("cdr", JSON, &cdr("floor-3")).status != 200 {
+        assert!(Instant::now() < deadline, "ingest did not resume");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn reload_applies_allow_from_and_rotates_the_token_without_downtime() {
     let tmp = tempfile::tempdir().unwrap();
