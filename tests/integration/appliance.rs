@@ -117,7 +117,9 @@ fn a_reload_without_token_uses_the_kept_token_and_says_what_changed() {
         ));
         c.response().status
     };
-    let steps: [(String, &str, [(&str, u16); 3]); 4] = [
+    // The file, what the log must say, and the status each token then gets.
+    type Step<'a> = (String, &'a str, [(&'a str, u16); 3]);
+    let steps: [Step; 4] = [
         (
             format!("token = \"{new}\"\nprevious_token = \"{old}\"\n"),
             "token changed to the configured one; the previous token is still accepted",
