@@ -11,7 +11,7 @@
 //! | `callblocks` | block u64 BE (seq / 1024)             | sorted u64 BE: callid hash << 32 \| seq % 1024 |
 //! | `quarantine` | seq u64 BE (own sequence)             | reason len u16 BE, reason, record |
 //! | `counts`     | `events/K`, `day/YYYY-MM-DD/K`, `duplicates/K` | u64 BE                |
-//! | `meta`       | `schema_version`, `next_seq`          | u32 BE, u64 BE                 |
+//! | `meta`       | `schema_version`, `next_seq`, `next_qseq` | u32 BE, u64 BE, u64 BE     |
 //!
 //! Every database the writer adds to per event is keyed by the sequence number, so a commit
 //! appends at the right edge of each tree and writes a handful of pages, not one random page
@@ -43,6 +43,20 @@ pub(super) const SCHEMA_KEY: &[u8] = b"schema_version";
 /// `meta` key of the next event sequence number: kept so numbers never repeat, even after
 /// retention deleted the newest events.
 pub(super) const NEXT_SEQ_KEY: &[u8] = b"next_seq";
+
+/// `meta` key of the next quarantine number, kept for the same reason: `quarantine show N`
+/// must never show another body after `prune` deleted the newest entries.
+pub(super) const NEXT_QSEQ_KEY: &[u8] = b"next_qseq";
+
+/// The number the next quarantined body gets: one past the highest ever given, or one past
+/// the highest stored.
+pub(super) fn next_qseq(txn: &impl Transaction, dbs: Dbs) -> Result<u64> {
+    let kept = match get(txn, dbs.meta, NEXT_QSEQ_KEY)? {
+        Some(v) => u64_value(dbs.meta, NEXT_QSEQ_KEY, v)?,
+        None => 1,
+    };
+    Ok(kept.max(last_key(txn, dbs.quarantine)?.map_or(1, |k| k + 1)))
+}
 
 /// One named database: its handle and its name, for error messages.
 #[derive(Clone, Copy, Debug)]

@@ -501,6 +501,29 @@ mod tests {
         assert_eq!(counts.by_day["1970-01-01"].get("recording"), Some(&1));
     }
 
+    /// Regression: quarantine numbers were reused once the newest entries were deleted, so
+    /// `quarantine show N` showed another body.
+    #[test]
+    fn quarantine_numbers_never_repeat_after_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let mut w = store.begin_write(1).unwrap();
+        assert_eq!(w.append_quarantine("a", &event("cdr", "{", None)).unwrap(), 1);
+        assert_eq!(w.append_quarantine("b", &event("cdr", "[", None)).unwrap(), 2);
+        w.commit().unwrap();
+        let mut w = store.begin_write(2).unwrap();
+        w.delete_quarantined(1).unwrap();
+        w.delete_quarantined(2).unwrap();
+        w.commit().unwrap();
+        drop(store);
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let mut w = store.begin_write(3).unwrap();
+        assert_eq!(w.append_quarantine("c", &event("cdr", "]", None)).unwrap(), 3);
+        w.commit().unwrap();
+        assert_eq!(store.quarantined(1).unwrap(), None);
+        assert!(store.check().unwrap().problems.is_empty());
+    }
+
     #[test]
     fn dropped_transaction_stores_nothing_and_reuses_sequence() {
         let dir = tempfile::tempdir().unwrap();

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use lmdb::{Transaction, WriteFlags};
 
 use super::layout::{
-    CALL_BLOCK, CounterKey, Digest, NEXT_SEQ_KEY, callid_hash, decode_at, del_if_present, get,
-    get_seq, last_key, next_seq, seq_key, u64_value, write_call_block,
+    CALL_BLOCK, CounterKey, Digest, NEXT_QSEQ_KEY, NEXT_SEQ_KEY, callid_hash, decode_at,
+    del_if_present, get, get_seq, next_qseq, next_seq, seq_key, u64_value, write_call_block,
 };
 use super::read::{Quarantined, StoredEvent};
 use super::walk::{Page, Walk};
@@ -32,6 +32,8 @@ pub struct WriteTxn<'s> {
     /// The next sequence number when the transaction began: the blocks between it and
     /// `next_event` are completed at commit.
     first_event: u64,
+    /// The next quarantine number when the transaction began.
+    first_quarantine: u64,
     next_event: u64,
     next_quarantine: u64,
     stored_at_ms: i64,
@@ -63,11 +65,12 @@ impl Store {
         };
         // Read inside the transaction, so a writer in another process is never out of date.
         let next_event = next_seq(&txn, self.dbs)?;
-        let next_quarantine = last_key(&txn, self.dbs.quarantine)?.map_or(1, |k| k + 1);
+        let next_quarantine = next_qseq(&txn, self.dbs)?;
         Ok(WriteTxn {
             txn,
             dbs: self.dbs,
             first_event: next_event,
+            first_quarantine: next_quarantine,
             next_event,
             next_quarantine,
             stored_at_ms,
@@ -253,6 +256,14 @@ impl WriteTxn<'_> {
                 dbs.meta.handle,
                 &NEXT_SEQ_KEY,
                 &self.next_event.to_be_bytes(),
+                WriteFlags::empty(),
+            )?;
+        }
+        if self.next_quarantine != self.first_quarantine {
+            self.txn.put(
+                dbs.meta.handle,
+                &NEXT_QSEQ_KEY,
+                &self.next_quarantine.to_be_bytes(),
                 WriteFlags::empty(),
             )?;
         }
