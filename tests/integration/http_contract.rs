@@ -217,3 +217,33 @@ fn the_map_grows_and_at_its_maximum_answers_503_with_retry_after() {
         "{metrics}"
     );
 }
+
+/// Regression: answers to HEAD carried a body, which a keep-alive client reads as the start
+/// of the next response (RFC 9110 §9.3.2).
+#[test]
+fn head_answers_have_no_body_and_the_connection_stays_in_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(&tmp.path().join("data"), &[]);
+    let mut raw = format!("HEAD {} HTTP/1.1\r\nHost: a\r\n\r\n", s.path("cdr")).into_bytes();
+    raw.extend(request(&s.path("cdr"), JSON, cdr("after-head").as_bytes(), "Connection: close\r\n"));
+    let mut c = s.connect();
+    c.send(&raw);
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut c.stream, &mut got).unwrap();
+    let text = String::from_utf8(got).unwrap();
+    let second = text.find("HTTP/1.1 200 OK").expect(&text);
+    let (head_answer, post_answer) = text.split_at(second);
+    assert!(head_answer.starts_with("HTTP/1.1 405 "), "{text}");
+    assert!(head_answer.contains("Allow: POST\r\n"), "{text}");
+    assert!(head_answer.ends_with("\r\n\r\n"), "a body after the headers: {text}");
+    assert!(post_answer.ends_with("\r\n\r\nstored\n"), "{text}");
+    // The admin listener likewise.
+    let admin = s.admin.expect("admin listener");
+    let mut a = std::net::TcpStream::connect(admin).unwrap();
+    std::io::Write::write_all(&mut a, b"HEAD /readyz HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut a, &mut got).unwrap();
+    let text = String::from_utf8(got).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\n"), "{text}");
+    assert!(text.contains("Content-Length: 6\r\n"), "{text}");
+}
