@@ -508,8 +508,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_writer(dir.path(), MAP).unwrap();
         let mut w = store.begin_write(1).unwrap();
-        assert_eq!(w.append_quarantine("a", &event("cdr", "{", None)).unwrap(), 1);
-        assert_eq!(w.append_quarantine("b", &event("cdr", "[", None)).unwrap(), 2);
+        assert_eq!(
+            w.append_quarantine("a", &event("cdr", "{", None)).unwrap(),
+            1
+        );
+        assert_eq!(
+            w.append_quarantine("b", &event("cdr", "[", None)).unwrap(),
+            2
+        );
         w.commit().unwrap();
         let mut w = store.begin_write(2).unwrap();
         w.delete_quarantined(1).unwrap();
@@ -518,7 +524,10 @@ mod tests {
         drop(store);
         let store = Store::open_writer(dir.path(), MAP).unwrap();
         let mut w = store.begin_write(3).unwrap();
-        assert_eq!(w.append_quarantine("c", &event("cdr", "]", None)).unwrap(), 3);
+        assert_eq!(
+            w.append_quarantine("c", &event("cdr", "]", None)).unwrap(),
+            3
+        );
         w.commit().unwrap();
         assert_eq!(store.quarantined(1).unwrap(), None);
         assert!(store.check().unwrap().problems.is_empty());

@@ -225,7 +225,12 @@ fn head_answers_have_no_body_and_the_connection_stays_in_step() {
     let tmp = tempfile::tempdir().unwrap();
     let s = Server::start(&tmp.path().join("data"), &[]);
     let mut raw = format!("HEAD {} HTTP/1.1\r\nHost: a\r\n\r\n", s.path("cdr")).into_bytes();
-    raw.extend(request(&s.path("cdr"), JSON, cdr("after-head").as_bytes(), "Connection: close\r\n"));
+    raw.extend(request(
+        &s.path("cdr"),
+        JSON,
+        cdr("after-head").as_bytes(),
+        "Connection: close\r\n",
+    ));
     let mut c = s.connect();
     c.send(&raw);
     let mut got = Vec::new();
@@ -235,7 +240,10 @@ fn head_answers_have_no_body_and_the_connection_stays_in_step() {
     let (head_answer, post_answer) = text.split_at(second);
     assert!(head_answer.starts_with("HTTP/1.1 405 "), "{text}");
     assert!(head_answer.contains("Allow: POST\r\n"), "{text}");
-    assert!(head_answer.ends_with("\r\n\r\n"), "a body after the headers: {text}");
+    assert!(
+        head_answer.ends_with("\r\n\r\n"),
+        "a body after the headers: {text}"
+    );
     assert!(post_answer.ends_with("\r\n\r\nstored\n"), "{text}");
     // The admin listener likewise.
     let admin = s.admin.expect("admin listener");
@@ -244,6 +252,33 @@ fn head_answers_have_no_body_and_the_connection_stays_in_step() {
     let mut got = Vec::new();
     std::io::Read::read_to_end(&mut a, &mut got).unwrap();
     let text = String::from_utf8(got).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\n"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\n"),
+        "{text}"
+    );
     assert!(text.contains("Content-Length: 6\r\n"), "{text}");
+}
+
+/// Regression: a 413 on a valid hook path was counted as `hook="other"`, because the body
+/// limit was enforced before the request was routed.
+#[test]
+fn a_body_over_the_limit_is_counted_against_its_hook() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(&tmp.path().join("data"), &[]);
+    let mut c = s.connect();
+    c.send(
+        format!(
+            "POST {} HTTP/1.1\r\nHost: a\r\nContent-Length: 65537\r\n\r\n",
+            s.path("cdr")
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.response().status, 413);
+    assert!(c.closed());
+    let m = s.admin_get("/metrics").body;
+    assert!(
+        m.contains("didgate_requests_total{hook=\"cdr\",status=\"413\"} 1"),
+        "{m}"
+    );
+    assert!(!m.contains("hook=\"other\",status=\"413\""), "{m}");
 }

@@ -25,6 +25,8 @@ enum State {
     Head,
     /// A body of exactly this many bytes comes next.
     Length(usize),
+    /// The head announced a body over `max_body_bytes`: the next call refuses it.
+    TooLarge,
     /// A chunked body is being decoded into the buffer.
     Chunked(ChunkedDecoder, Vec<u8>),
     /// A framing error ended the stream: nothing after it can be trusted.
@@ -65,11 +67,15 @@ impl Framer {
     fn step(&mut self, input: &[u8]) -> Result<(usize, Option<Frame>), Error> {
         match &mut self.state {
             State::Failed => Err(Error::Malformed("request after a framing error")),
+            State::TooLarge => Err(Error::BodyTooLarge),
             State::Head => match parse_head(input, &self.limits)? {
                 Status::Partial => Ok((0, None)),
                 Status::Complete(head) => {
                     self.state = match head.framing {
-                        Framing::Length(n) => State::Length(n),
+                        Framing::Length(n) => match usize::try_from(n) {
+                            Ok(n) if n <= self.limits.max_body_bytes => State::Length(n),
+                            _ => State::TooLarge,
+                        },
                         Framing::Chunked => State::Chunked(
                             // Trailer fields count against the head limit.
                             ChunkedDecoder::new(
@@ -201,6 +207,25 @@ mod tests {
                 assert_eq!(got, whole, "split at {a}, {b}");
             }
         }
+    }
+
+    /// A body over the limit is refused after its head, so the connection can route (and
+    /// count) the request first; a length past `usize` (32-bit hosts) is refused the same way.
+    #[test]
+    fn a_body_over_the_limit_is_refused_after_the_head() {
+        for cl in ["65537", "4294967481", "18446744073709551615"] {
+            let mut f = Framer::new(LIMITS);
+            let head = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {cl}\r\n\r\n");
+            let (used, frame) = f.advance(head.as_bytes()).unwrap();
+            assert_eq!(used, head.len());
+            assert!(matches!(frame, Some(Frame::Head(_))), "{cl}");
+            assert!(!f.body_is_buffered(usize::MAX), "{cl}");
+            assert_eq!(f.advance(b"{}"), Err(Error::BodyTooLarge), "{cl}");
+        }
+        let mut f = Framer::new(LIMITS);
+        let head = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65536\r\n\r\n";
+        assert_eq!(f.advance(head.as_bytes()).unwrap().0, head.len());
+        assert!(f.body_is_buffered(65_536), "at the limit is accepted");
     }
 
     #[test]

@@ -102,8 +102,9 @@ pub enum Method {
 /// How the body is delimited (RFC 9112 §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
-    /// Exactly this many bytes follow the head (0 when neither header is present).
-    Length(usize),
+    /// Exactly this many bytes follow the head (0 when neither header is present); a u64 on
+    /// every target, compared with the body limit before it is ever narrowed.
+    Length(u64),
     /// Chunked transfer coding follows.
     Chunked,
 }
