@@ -61,6 +61,21 @@ enum Command {
     Check(StatsArgs),
     /// Validate a configuration file without starting.
     CheckConfig(CheckConfigArgs),
+    /// Print the three webhook URLs to give didlogic (they hold the secret token).
+    ///
+    /// `serve` prints them only to a terminal, never to a log. The token is the configured
+    /// one, else the one kept in the data directory; the port is the configured `listen`.
+    Urls(UrlsArgs),
+}
+
+#[derive(Args)]
+struct UrlsArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The public name or address didlogic reaches this machine by [default: the listen
+    /// address, or HOST when it listens on all addresses].
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
 }
 
 #[derive(Args)]
@@ -120,7 +135,9 @@ struct TailArgs {
     /// Only events of this kind (cdr, recording, sms, or any other stored kind).
     #[arg(long, value_name = "K")]
     kind: Option<String>,
-    /// Print each stored body exactly as received, one per line, instead of JSON lines.
+    /// Print each stored body exactly as received, each followed by a newline, instead of
+    /// JSON lines. A body that holds newlines (pretty-printed JSON) spans several lines: raw
+    /// means the bytes received; the JSON lines are one event per line.
     #[arg(long)]
     raw: bool,
 }
@@ -148,7 +165,8 @@ struct ExportArgs {
     /// first, then any others seen) and one row per event.
     #[arg(long, value_enum, default_value = "jsonl")]
     format: FormatArg,
-    /// With jsonl: print each stored body exactly as received instead of JSON lines.
+    /// With jsonl: print each stored body exactly as received (each followed by a newline; a
+    /// body holding newlines spans several lines) instead of JSON lines.
     #[arg(long)]
     raw: bool,
 }
@@ -159,7 +177,8 @@ struct GetArgs {
     data: DataArgs,
     /// The call's `callid`, as in its CDR.
     callid: String,
-    /// Print each stored body exactly as received instead of JSON lines.
+    /// Print each stored body exactly as received (each followed by a newline; a body
+    /// holding newlines spans several lines) instead of JSON lines.
     #[arg(long)]
     raw: bool,
 }
@@ -276,6 +295,17 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Urls(a) => {
+            let flags = a.data.flags();
+            let result = Config::load(&flags)
+                .map_err(|e| cli::Error::Usage(e.to_string()))
+                .and_then(|cfg| {
+                    let mut out = std::io::stdout().lock();
+                    cli::urls::run(&cfg, a.host.as_deref(), &mut out)?;
+                    out.flush().map_err(cli::Error::from)
+                });
+            finish(result)
         }
         Command::Tail(a) => read(&a.data, |store, out| {
             let args = cli::tail::Args {

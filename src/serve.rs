@@ -527,28 +527,32 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<File, Error> {
     }
 }
 
-/// Prints, once, the URLs to give didlogic. The only place the token is ever written out.
+/// Says where the gateway listens. The webhook URLs carry the secret token, so they are
+/// printed only to a terminal: under systemd stdout is the journal, which many people may
+/// read and which is kept. `didgate urls` prints them on demand.
 fn announce(local: SocketAddr, token: &str, dir: &std::path::Path, admin: Option<SocketAddr>) {
-    let host = if local.ip().is_unspecified() {
-        "HOST".to_string()
-    } else if local.is_ipv6() {
-        format!("[{}]", local.ip())
-    } else {
-        local.ip().to_string()
-    };
     println!("didgate: listening on {local}, data in {}", dir.display());
     if let Some(a) = admin {
         println!("didgate: metrics and health on http://{a}/metrics, /healthz, /readyz");
     }
-    if local.ip().is_unspecified() {
-        println!("didgate: replace HOST with this machine's public name or address");
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!(
+            "didgate: the webhook URLs hold the secret token and are not logged: \
+             `didgate urls` prints them"
+        );
+        return;
     }
+    let host = if local.ip().is_unspecified() {
+        println!("didgate: replace HOST with this machine's public name or address");
+        "HOST".to_string()
+    } else {
+        local.ip().to_string()
+    };
     for hook in Hook::ALL {
         println!(
-            "didgate: {:<9} http://{host}:{}/hooks/{token}/{}",
+            "didgate: {:<9} {}",
             hook.name(),
-            local.port(),
-            hook.name()
+            crate::ingest::route::hook_url(&host, local.port(), token, hook)
         );
     }
 }

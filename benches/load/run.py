@@ -157,7 +157,7 @@ def start_didgate(data, port, token):
                              "--token", token, "--admin-listen", f"127.0.0.1:{free_port()}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
-        if line.startswith("didgate: cdr"):
+        if "`didgate urls` prints them" in line:
             break
     threading.Thread(target=proc.stdout.read, daemon=True).start()
     return proc

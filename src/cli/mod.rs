@@ -15,6 +15,7 @@ pub mod quarantine;
 pub mod render;
 pub mod stats;
 pub mod tail;
+pub mod urls;
 
 use std::io::{ErrorKind, Write};
 use std::path::Path;

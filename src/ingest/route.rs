@@ -8,6 +8,17 @@ use subtle::ConstantTimeEq;
 
 pub use crate::event::Hook;
 
+/// The URL to give didlogic for `hook`: `http://HOST:PORT/hooks/TOKEN/HOOK` (an IPv6 host in
+/// brackets).
+pub fn hook_url(host: &str, port: u16, token: &str, hook: Hook) -> String {
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    format!("http://{host}:{port}/hooks/{token}/{}", hook.name())
+}
+
 /// Where a request target leads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {

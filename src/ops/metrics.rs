@@ -372,7 +372,9 @@ impl Metrics {
             ),
             (
                 "didgate_fsyncs_total",
-                "Syncs to disk (one per commit in fsync mode, one per interval in interval mode).",
+                "Flushes of the data file to disk: in fsync mode one per commit, plus one when the \
+                 queue runs empty after a commit (it puts that commit's meta page on disk); in \
+                 interval mode one per interval.",
                 load(&self.fsyncs),
             ),
             (

@@ -271,3 +271,71 @@ fn check_config_accepts_good_and_names_the_bad_line() {
         .into_owned();
     assert!(err.contains("lisen"), "{err}");
 }
+
+/// Regression: the start-up banner printed the full URLs, token included, into the journal
+/// while the docs said logs never carry the token. Now only a terminal gets them, and
+/// `didgate urls` prints them on demand.
+#[test]
+fn urls_are_printed_on_demand_and_never_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let token = "urls-token-0123456789abcdef";
+    let cfg = write_config(
+        tmp.path(),
+        "didgate.toml",
+        &format!("listen = \"0.0.0.0:8443\"\ntoken = \"{token}\"\n"),
+    );
+    let out = cli(&["urls", "--config", &cfg, "--data", data.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "cdr       http://HOST:8443/hooks/{token}/cdr\nrecording http://HOST:8443/hooks/{token}/recording\nsms       http://HOST:8443/hooks/{token}/sms\n"
+        )
+    );
+    let out = cli(&["urls", "--config", &cfg, "--host", "gw.example.com"]);
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("http://gw.example.com:8443/hooks/")
+    );
+    // No token configured and none kept yet: said so, exit 2.
+    let out = cli(&["urls", "--data", tmp.path().join("empty").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token yet"));
+    // A running gateway's stdout (a pipe, as under systemd) and stderr hold no token.
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--data",
+        ])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("`didgate urls` prints them") {
+            break;
+        }
+    }
+    let kept = std::fs::read_to_string(data.join("token")).unwrap();
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    said.push_str(&String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("listening on 127.0.0.1:"), "{said}");
+    assert!(!said.contains(kept.trim()), "{said}");
+    let printed =
+        String::from_utf8(cli(&["urls", "--data", data.to_str().unwrap()]).stdout).unwrap();
+    assert!(printed.contains(kept.trim()), "{printed}");
+}

@@ -100,27 +100,44 @@ impl Server {
         let mut admin = None;
         for line in lines.by_ref() {
             let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("didgate: listening on ") {
+                found = rest
+                    .split(',')
+                    .next()
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+            }
             if let Some(rest) = line.strip_prefix("didgate: metrics and health on http://") {
                 admin = rest.split('/').next().and_then(|a| a.parse().ok());
             }
-            if let Some(url) = line.strip_prefix("didgate: cdr") {
-                found = Some(url.trim().to_string());
+            // The last start-up line: stdout is a pipe, so the URLs are not printed.
+            if line.contains("`didgate urls` prints them") {
                 break;
             }
         }
-        let Some(url) = found else {
+        let Some(addr) = found else {
             let _ = child.wait();
             return Err(std::fs::read_to_string(&log).unwrap_or_default());
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        let rest = url.strip_prefix("http://").unwrap();
-        let (addr, path) = rest.split_once('/').unwrap();
-        let token = path.split('/').nth(1).unwrap().to_string();
+        // The token, as an operator gets it: `didgate urls` with the same data and config.
+        let mut urls = vec!["urls", "--data", data.to_str().unwrap()];
+        if let Some(i) = extra.iter().position(|a| *a == "--config") {
+            urls.extend(&extra[i..i + 2]);
+        }
+        let out = cli(&urls);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let token = text
+            .lines()
+            .find_map(|l| l.strip_prefix("cdr"))
+            .and_then(|l| l.split("/hooks/").nth(1))
+            .and_then(|p| p.split('/').next())
+            .ok_or_else(|| format!("`didgate urls` said {text:?}"))?
+            .to_string();
         Ok(Server {
             child: Some(child),
             admin,
-            addr: addr.parse().unwrap(),
+            addr,
             token,
             log,
         })
