@@ -205,8 +205,27 @@ fn a_reader_without_permission_is_told_so() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_one_line(&out, 2, "permission denied: ");
+    assert_one_line(&out, 2, &format!("permission denied: {}", data.display()));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sudo adduser $USER didgate"), "{err}");
     assert!(!err.contains("no didgate data"), "{err}");
+    // The directory and data file readable, the lock file not writable: that file is named.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        data.join("data.mdb"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["tail", "--data", data.to_str().unwrap()])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_one_line(
+        &out,
+        2,
+        &format!("permission denied: {}", data.join("lock.mdb").display()),
+    );
 }

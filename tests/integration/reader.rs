@@ -339,3 +339,32 @@ fn urls_are_printed_on_demand_and_never_logged() {
         String::from_utf8(cli(&["urls", "--data", data.to_str().unwrap()]).stdout).unwrap();
     assert!(printed.contains(kept.trim()), "{printed}");
 }
+
+/// Regression: CSV export rewrote numbers (`1.5e3` as `1.5e+3`); a cell now holds the
+/// number's text as received.
+#[test]
+fn csv_cells_keep_numbers_as_received() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&data, &[]);
+    let body = r#"{"event":"cdr","callid":"n1","billsec":1.5e3,"huge":1e400,"neg":-0.0,"int":007,"s":"a\"b","arr":[1, 2],"nil":null}"#;
+    // `007` is not JSON: that body is quarantined; the rest are numbers JSON allows.
+    assert_eq!(s.post("cdr", JSON, body).body, "quarantined\n");
+    let body = body.replace("007", "7");
+    assert_eq!(s.post("cdr", JSON, &body).body, "stored\n");
+    let csv = read_ok(&data, &["export", "--format", "csv", "--kind", "cdr"]);
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let row = reader.records().next().unwrap().unwrap();
+    let cell = |name: &str| {
+        let i = header.iter().position(|h| h == name).unwrap();
+        row.get(i).unwrap().to_string()
+    };
+    assert_eq!(cell("billsec"), "1.5e3", "{csv}");
+    assert_eq!(cell("huge"), "1e400", "{csv}");
+    assert_eq!(cell("neg"), "-0.0", "{csv}");
+    assert_eq!(cell("int"), "7", "{csv}");
+    assert_eq!(cell("nil"), "", "{csv}");
+    assert_eq!(cell("s"), "a\"b", "{csv}");
+    assert_eq!(cell("arr"), "[1,2]", "{csv}");
+}
