@@ -210,6 +210,13 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     let mut token = crate::ops::token::load_or_create(dir, cfg.token.as_deref())
         .map_err(start_error("cannot read or create the token"))?;
     set_aside_unborn(dir)?;
+    if let crate::writer::Durability::Interval(every) = cfg.writer.durability {
+        crate::ops::log::warn(format_args!(
+            "durability = \"interval\" (sync every {every:?}): a power cut or OS crash can \
+             corrupt the whole store, not only lose the last interval; keep backups \
+             (docs/configuration.md)"
+        ));
+    }
     let map_bytes = usize::try_from(cfg.writer.map_bytes).unwrap_or(usize::MAX);
     let store = Store::open_writer_with(dir, map_bytes, cfg.writer.durability.store_sync())
         .map_err(|e| match e {
@@ -531,25 +538,41 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<File, Error> {
 /// printed only to a terminal: under systemd stdout is the journal, which many people may
 /// read and which is kept. `didgate urls` prints them on demand.
 fn announce(local: SocketAddr, token: &str, dir: &std::path::Path, admin: Option<SocketAddr>) {
-    println!("didgate: listening on {local}, data in {}", dir.display());
+    use std::io::Write;
+    // A closed stdout (a reader that went away) must not take the gateway down: lines that
+    // cannot be written are dropped.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "didgate: listening on {local}, data in {}",
+        dir.display()
+    );
     if let Some(a) = admin {
-        println!("didgate: metrics and health on http://{a}/metrics, /healthz, /readyz");
+        let _ = writeln!(
+            out,
+            "didgate: metrics and health on http://{a}/metrics, /healthz, /readyz"
+        );
     }
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        println!(
+        let _ = writeln!(
+            out,
             "didgate: the webhook URLs hold the secret token and are not logged: \
              `didgate urls` prints them"
         );
         return;
     }
     let host = if local.ip().is_unspecified() {
-        println!("didgate: replace HOST with this machine's public name or address");
+        let _ = writeln!(
+            out,
+            "didgate: replace HOST with this machine's public name or address"
+        );
         "HOST".to_string()
     } else {
         local.ip().to_string()
     };
     for hook in Hook::ALL {
-        println!(
+        let _ = writeln!(
+            out,
             "didgate: {:<9} {}",
             hook.name(),
             crate::ingest::route::hook_url(&host, local.port(), token, hook)

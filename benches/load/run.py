@@ -157,7 +157,8 @@ def start_didgate(data, port, token):
                              "--token", token, "--admin-listen", f"127.0.0.1:{free_port()}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
-        if "`didgate urls` prints them" in line:
+        # The last start-up line (older builds printed the URLs last).
+        if "`didgate urls` prints them" in line or line.startswith("didgate: sms"):
             break
     threading.Thread(target=proc.stdout.read, daemon=True).start()
     return proc

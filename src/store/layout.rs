@@ -20,7 +20,7 @@
 //! written once the block is complete, plus the `digests` of the events after the last
 //! complete block.
 
-use lmdb::{Database, DatabaseFlags, Environment, Transaction, WriteFlags};
+use lmdb::{Database, Transaction, WriteFlags};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::walk::Walk;
@@ -93,11 +93,6 @@ impl Dbs {
             counts: table("counts")?,
             meta: table("meta")?,
         })
-    }
-
-    /// Creates the databases that do not exist yet (a writer).
-    pub fn create(env: &Environment) -> Result<Dbs> {
-        Dbs::open_with(|name| Ok(env.create_db(Some(name), DatabaseFlags::empty())?))
     }
 }
 

@@ -28,7 +28,7 @@ mod write;
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
-use lmdb::{Environment, EnvironmentFlags, Transaction};
+use lmdb::{DatabaseFlags, Environment, EnvironmentFlags, Transaction};
 
 pub use check::CheckReport;
 pub use fault::contain_faults;
@@ -187,13 +187,14 @@ impl Store {
         let flags = match sync {
             // A commit fdatasyncs its data pages and writes its meta page without a second
             // flush; the meta page reaches the disk with the next fdatasync (the next commit's,
-            // or `Store::sync`). The writer answers a batch only after that (the writer).
-            // LMDB keeps the file consistent in this mode; a power cut can only undo commits
+            // or `Store::sync`). The writer answers a batch only after that (see `writer::wakeup`).
+            // LMDB keeps the file consistent in this mode (the power-cut test shows it); a cut can only undo commits
             // that were not answered yet.
             Sync::EveryCommit => EnvironmentFlags::NO_META_SYNC,
             // Commits are written to the file but not flushed; `Store::sync` flushes. Without
             // MDB_WRITEMAP the written pages are in the page cache, so a process crash loses
-            // nothing; a power cut can lose what was not synced yet.
+            // nothing; a power cut can leave a meta page on disk without the pages it points
+            // to, which damages the store (docs/configuration.md, docs/reliability.md).
             Sync::Deferred => EnvironmentFlags::NO_SYNC,
         };
         let env = Environment::new()
@@ -205,22 +206,31 @@ impl Store {
     }
 
     /// Creates the databases if needed and checks the schema (migrating a schema-1 store).
+    ///
+    /// A new store's databases and its schema version are created in one transaction: a power
+    /// cut during creation leaves either no store or a whole one, never databases without a
+    /// schema (which readers would have to call damaged).
     fn from_env(env: Environment, dir: &Path) -> Result<Store> {
-        let dbs = Dbs::create(&env)?;
-        let found = {
-            let txn = env.begin_ro_txn()?;
-            get(&txn, dbs.meta, SCHEMA_KEY)?
-                .map(|v| schema_of(dbs.meta, v))
-                .transpose()?
-        };
+        let mut txn = env.begin_rw_txn()?;
+        let dbs = Dbs::open_with(|name| {
+            // SAFETY: no other transaction of this environment opens or creates databases
+            // meanwhile: the store is not shared yet, and this transaction ends below before
+            // the migration opens the old ones.
+            Ok(unsafe { txn.create_db(Some(name), DatabaseFlags::empty())? })
+        })?;
+        let found = get(&txn, dbs.meta, SCHEMA_KEY)?
+            .map(|v| schema_of(dbs.meta, v))
+            .transpose()?;
         match found {
             None => {
-                let mut txn = env.begin_rw_txn()?;
                 layout::put_schema_version(&mut txn, dbs)?;
                 txn.commit()?;
             }
-            Some(SCHEMA_VERSION) => {}
-            Some(1) => migrate::migrate_from_v1(&env, dbs)?,
+            Some(SCHEMA_VERSION) => txn.commit()?,
+            Some(1) => {
+                txn.commit()?;
+                migrate::migrate_from_v1(&env, dbs)?;
+            }
             Some(found) => return Err(Error::Schema { found }),
         }
         // Readers may have been killed while holding a slot; clear what they left.
@@ -280,10 +290,10 @@ impl Store {
         };
         {
             let txn = env.begin_ro_txn()?;
-            let found = get(&txn, meta, SCHEMA_KEY)?.ok_or_else(|| Error::Corrupt {
-                db: meta.name,
-                what: "no schema_version".to_string(),
-            })?;
+            // Databases without a schema version: a store whose creation never finished (a
+            // didgate before schema creation was one transaction); `serve` completes it.
+            let found =
+                get(&txn, meta, SCHEMA_KEY)?.ok_or_else(|| Error::Missing(dir.to_path_buf()))?;
             match schema_of(meta, found)? {
                 SCHEMA_VERSION => {}
                 1 => return Err(Error::NeedsMigration { found: 1 }),

@@ -10,5 +10,6 @@ mod durability;
 mod flood;
 mod http_contract;
 mod ingest;
+mod powercut;
 mod reader;
 mod reliability;

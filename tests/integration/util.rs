@@ -279,7 +279,7 @@ pub fn wait_exit(mut child: Child) -> ExitStatus {
     }
 }
 
-fn unique() -> u64 {
+pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
@@ -493,4 +493,11 @@ pub fn cdr(callid: &str) -> String {
     format!(
         r#"{{"calldate":"2026-05-12T05:17:58Z","callid":"{callid}","direction":"outbound","disposition":"ANSWERED","dst":"448081697031","duration":9,"billsec":7,"event":"cdr","src":"441273004315","user_id":76141}}"#
     )
+}
+
+/// Now, as RFC 3339 with milliseconds (what `--since`, `--until` and `--before` take).
+pub fn rfc3339_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
 }

@@ -3,8 +3,10 @@
  * LMDB commit durable and lets a test delay them, fail them, and see when they completed:
  *
  *   fdatasync/fsync: LMDB's flush of the data pages at every commit (and `Store::sync`).
- *   pwrite/pwrite64 at offset < 2 pages: LMDB's write of a meta page, through a descriptor
- *     opened O_DSYNC, which is what makes a commit visible and durable.
+ *   pwrite/pwrite64 at offset < 2 pages: LMDB's write of a meta page, which is what makes a
+ *     commit visible. The store opens with MDB_NOMETASYNC, so LMDB writes it through the
+ *     ordinary descriptor (it opens an O_DSYNC one but never writes it); the meta page reaches
+ *     the disk with the next fdatasync, the next commit's or an explicit one.
  *
  * Behaviour is read, at every call, from the file named by $DIDGATE_SHIM_CTL:
  *   delay_ms=N   sleep N ms before each fdatasync/fsync
