@@ -187,9 +187,9 @@ impl Store {
         let flags = match sync {
             // A commit fdatasyncs its data pages and writes its meta page without a second
             // flush; the meta page reaches the disk with the next fdatasync (the next commit's,
-            // or `Store::sync`). The writer answers a batch only after that (see `writer::wakeup`).
-            // LMDB keeps the file consistent in this mode (the power-cut test shows it); a cut can only undo commits
-            // that were not answered yet.
+            // or `Store::sync`). The writer answers a batch only after that (`writer::wakeup`).
+            // LMDB keeps the file consistent in this mode (the power-cut test shows it): a
+            // cut can only undo commits that were not answered yet.
             Sync::EveryCommit => EnvironmentFlags::NO_META_SYNC,
             // Commits are written to the file but not flushed; `Store::sync` flushes. Without
             // MDB_WRITEMAP the written pages are in the page cache, so a process crash loses

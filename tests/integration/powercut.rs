@@ -100,7 +100,11 @@ fn parse_log(bytes: &[u8]) -> Vec<Rec> {
         match tag {
             b'W' => {
                 let len = usize::try_from(b).unwrap();
-                assert!(i + len <= bytes.len(), "a write record cut short");
+                // The kill can cut the log's last append short (a fatal signal ends a write to
+                // a file part way); the data write it announced was then never made.
+                if i + len > bytes.len() {
+                    return out;
+                }
                 out.push(Rec::Write {
                     at: a,
                     data: bytes[i..i + len].to_vec(),
@@ -112,7 +116,7 @@ fn parse_log(bytes: &[u8]) -> Vec<Rec> {
             other => panic!("unknown log record {other}"),
         }
     }
-    assert_eq!(i, bytes.len(), "trailing bytes in the log");
+    // A record header cut short by the kill, likewise.
     out
 }
 
@@ -478,14 +482,15 @@ fn cut(
             cmd.spawn().unwrap()
         });
         std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
+        // The prune runs beside the load and ends before the cut: two processes killed
+        // together could each leave an append to the shared log cut short, one in the middle.
+        if let Some(mut p) = pruner {
+            assert!(p.wait().unwrap().success(), "didgate prune failed");
+        }
         s.kill9();
         stop.store(true, Ordering::Relaxed);
         for t in clients {
             t.join().unwrap();
-        }
-        if let Some(mut p) = pruner {
-            let _ = p.kill();
-            let _ = p.wait();
         }
         let acked = acked.lock().unwrap();
         let log = parse_log(&std::fs::read(&log_path).unwrap_or_default());
