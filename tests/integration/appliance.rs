@@ -222,11 +222,7 @@ fn reload_applies_allow_from_and_rotates_the_token_without_downtime() {
         ),
     );
     s.signal(libc::SIGHUP);
-    let deadline = Instant::now() + PATIENCE;
-    while !s.stderr().contains("configuration reloaded") {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_log(&s, "configuration reloaded", 1);
     assert_eq!(
         post_with(old, "r1"),
         200,
@@ -235,21 +231,13 @@ fn reload_applies_allow_from_and_rotates_the_token_without_downtime() {
     assert_eq!(post_with(new, "r2"), 200);
     write_config(tmp.path(), "didgate.toml", &format!("token = \"{new}\"\n"));
     s.signal(libc::SIGHUP);
-    let deadline = Instant::now() + PATIENCE;
-    while s.stderr().matches("configuration reloaded").count() < 2 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_log(&s, "configuration reloaded", 2);
     assert_eq!(post_with(old, "r3"), 404, "old token retired");
     assert_eq!(post_with(new, "r4"), 200);
     // A broken file is refused and the running configuration kept.
     write_config(tmp.path(), "didgate.toml", "token = \"short\"\n");
     s.signal(libc::SIGHUP);
-    let deadline = Instant::now() + PATIENCE;
-    while !s.stderr().contains("reload refused") {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_log(&s, "reload refused", 1);
     assert_eq!(post_with(new, "r5"), 200);
     assert!(
         !s.stderr().contains(new) && !s.stderr().contains(old),

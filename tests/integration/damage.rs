@@ -37,19 +37,7 @@ fn assert_one_line(out: &Output, code: i32, needle: &str) {
 }
 
 fn serve_once(dir: &Path) -> Output {
-    Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--data",
-        ])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    serve_command(dir).output().unwrap()
 }
 
 /// Regression: a data.mdb cut short killed every command with SIGBUS (serve silently, so

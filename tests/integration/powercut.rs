@@ -315,17 +315,7 @@ fn verify(image: &[u8], required: &[String], work: &Path) -> Result<(), String> 
             ));
         }
     }
-    let mut serve = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--data",
-            d,
-        ])
-        .stdin(Stdio::null())
+    let mut serve = serve_command(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -588,19 +578,26 @@ fn negative_controls_show_the_harness_detects_loss() {
             .is_err_and(|e| e.contains("acknowledged events missing")),
         "a lying disk went unnoticed: {lying:?}"
     );
-    // Interval durability: answers do not wait for a flush, so a cut loses them.
+    // Interval durability, synced every 50 ms: answers do not wait for a flush, so every image
+    // of a cut during load loses what was answered since the last sync, and an image where
+    // unflushed writes landed out of order may not be a readable store at all.
     let tmp = tempfile::tempdir().unwrap();
     let (log, _, required) = cut(
         Scenario::MapGrowth,
-        "min_free_disk_bytes = 0\nfile_headroom_bytes = 0\ndurability = \"interval\"\nsync_interval = \"30s\"\n",
+        "min_free_disk_bytes = 0\nfile_headroom_bytes = 0\ndurability = \"interval\"\nsync_interval = \"50ms\"\n",
         &mut rng,
         tmp.path(),
     );
-    let flushed = images(&log, &mut rng).swap_remove(0).1;
-    let interval = verify(&flushed, &required, tmp.path());
-    eprintln!("interval mode after a power cut: {interval:?}");
+    assert!(!required.is_empty());
+    let outcomes: Vec<(String, Result<(), String>)> = images(&log, &mut rng)
+        .into_iter()
+        .map(|(name, image)| (name, verify(&image, &required, tmp.path())))
+        .collect();
+    for (name, outcome) in &outcomes {
+        eprintln!("interval mode, image {name}: {outcome:?}");
+    }
     assert!(
-        interval.is_err(),
-        "interval mode lost nothing: {interval:?}"
+        outcomes.iter().any(|(_, o)| o.is_err()),
+        "interval mode lost nothing"
     );
 }

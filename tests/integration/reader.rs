@@ -305,16 +305,7 @@ fn urls_are_printed_on_demand_and_never_logged() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no token yet"));
     // A running gateway's stdout (a pipe, as under systemd) and stderr hold no token.
-    let mut child = std::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--data",
-        ])
-        .arg(&data)
+    let mut child = serve_command(&data)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -501,3 +501,20 @@ pub fn rfc3339_now() -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap()
 }
+
+/// `didgate serve` on `data`, on a free loopback port, without the admin listener, stdin
+/// closed: for tests that drive the process themselves (its output, its exit status).
+pub fn serve_command(data: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--data",
+    ])
+    .arg(data)
+    .stdin(Stdio::null());
+    cmd
+}
