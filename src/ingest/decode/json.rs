@@ -230,6 +230,20 @@ mod tests {
 
     const CDR: &str = r#"{"calldate":"2026-05-12T05:17:58Z","callid":"82xg86dv6jhl0p8xu0l3","direction":"outbound","disposition":"ANSWERED","dst":"448081697031","duration":9,"billsec":7,"event":"cdr","src":"441273004315","user_id":76141}"#;
 
+    /// Regression: a body behind a UTF-8 byte order mark was refused ("InternalError at
+    /// character 0") and quarantined, its callid lost.
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let mut d = JsonDecoder::default();
+        let got = d.decode(b"\xEF\xBB\xBF{\"event\":\"cdr\",\"callid\":\"b1\"}").unwrap();
+        assert_eq!(
+            (got.event.as_deref(), got.callid.as_deref()),
+            (Some("cdr"), Some("b1"))
+        );
+        assert_eq!(d.decode(b"\xEF\xBB\xBF4"), Err(Error::NotAnObject));
+        assert!(matches!(d.decode(b"\xEF\xBB"), Err(Error::Invalid(_))));
+    }
+
     #[test]
     fn extracts_event_and_callid() {
         let mut d = JsonDecoder::default();
