@@ -235,7 +235,9 @@ mod tests {
     #[test]
     fn a_byte_order_mark_is_skipped() {
         let mut d = JsonDecoder::default();
-        let got = d.decode(b"\xEF\xBB\xBF{\"event\":\"cdr\",\"callid\":\"b1\"}").unwrap();
+        let got = d
+            .decode(b"\xEF\xBB\xBF{\"event\":\"cdr\",\"callid\":\"b1\"}")
+            .unwrap();
         assert_eq!(
             (got.event.as_deref(), got.callid.as_deref()),
             (Some("cdr"), Some("b1"))
