@@ -59,10 +59,11 @@ pub struct Damage {
     pub file: PathBuf,
     /// What is wrong, in words.
     pub what: String,
-    /// The file cannot hold an event: it is no longer than the two meta pages LMDB writes
-    /// when it creates a store, and every commit writes at least one page after them. A power
-    /// cut while a store was being created leaves such a file; nothing was ever acknowledged
-    /// from it.
+    /// The file holds no committed transaction: no meta page in it is valid, or the newest
+    /// valid one has transaction id 0 (LMDB's own initial state). Every event is committed in
+    /// a transaction whose meta page is written after its data, so none can be in it. A power
+    /// cut while a store was being created leaves such a file (part of LMDB's first write, or
+    /// the first commit's pages without its meta page); nothing was ever acknowledged from it.
     pub unborn: bool,
 }
 
@@ -163,16 +164,39 @@ pub fn check(dir: &Path) -> Result<Option<Meta>, Damage> {
             ))
         });
     }
-    // The largest a file without events can be: LMDB creates a store as two meta pages of the
-    // OS page size, and the first commit adds pages after them.
-    let creation_bytes = 2 * os_page_size() as u64;
     match check_metas(&mut f, len, damage) {
-        Err(d) => Err(Damage {
-            unborn: len <= creation_bytes,
-            ..d
-        }),
+        Err(d) => {
+            // No data page fits in a file no longer than the two meta pages.
+            let (newest, page_size) = newest_valid_meta(&mut f, len);
+            let unborn = newest.is_none_or(|t| t == 0) || len <= 2 * page_size as u64;
+            Err(Damage { unborn, ..d })
+        }
         Ok(meta) => Ok(Some(meta)),
     }
+}
+
+/// The highest transaction id of a valid meta page (magic, version, meta flag), if any, and the
+/// page size. The second meta page is where the first one's page size puts it, or, when the
+/// first is not valid, at the OS page size (where LMDB puts it in a store it creates).
+fn newest_valid_meta(f: &mut std::fs::File, len: u64) -> (Option<u64>, usize) {
+    let mut read_at = |at: u64| {
+        let mut page = vec![0u8; PAGE_HEADER + META_BYTES];
+        if at + page.len() as u64 > len {
+            return None;
+        }
+        std::io::Seek::seek(f, std::io::SeekFrom::Start(at)).ok()?;
+        f.read_exact(&mut page).ok()?;
+        let meta = Page::decode(&page);
+        meta.problem(0).is_none().then_some(meta)
+    };
+    let first = read_at(0);
+    let page_size = first
+        .as_ref()
+        .map_or(os_page_size(), |m| m.page_size)
+        .clamp(*PAGE_SIZES.start(), *PAGE_SIZES.end());
+    let second = read_at(page_size as u64);
+    let newest = [first, second].iter().flatten().map(|m| m.txnid).max();
+    (newest, page_size)
 }
 
 /// The OS page size, LMDB's page size for a store it creates.
@@ -282,6 +306,22 @@ mod tests {
         let e = check(cut.path()).unwrap_err();
         assert!(e.what.contains("cut short") && !e.unborn, "{e}");
         assert!(e.to_string().contains("data.mdb"), "{e}");
+
+        // The first commit's pages reached the disk, its meta pages did not: no valid meta,
+        // nothing committed.
+        let unmetaed = tempfile::tempdir().unwrap();
+        let mut pages = data.clone();
+        pages[..2 * meta.page_size].fill(0);
+        std::fs::write(unmetaed.path().join("data.mdb"), &pages).unwrap();
+        let e = check(unmetaed.path()).unwrap_err();
+        assert!(e.unborn && e.what.contains("magic"), "{e}");
+        // One meta page scribbled in a store with commits: damaged, never unborn.
+        let mut one = data.clone();
+        one[meta.page_size + PAGE_HEADER] ^= 0xff;
+        let onedir = tempfile::tempdir().unwrap();
+        std::fs::write(onedir.path().join("data.mdb"), &one).unwrap();
+        let e = check(onedir.path()).unwrap_err();
+        assert!(!e.unborn, "{e}");
 
         let tiny = tempfile::tempdir().unwrap();
         std::fs::write(tiny.path().join("data.mdb"), &data[..100]).unwrap();

@@ -303,10 +303,12 @@ fn verify(image: &[u8], required: &[String], work: &Path) -> Result<(), String> 
     let d = dir.to_str().unwrap();
     let check = cli(&["check", "--data", d]);
     if !check.status.success() {
-        // Only a store that holds no event yet may fail: a file no longer than LMDB's two new
-        // meta pages, or an environment without didgate's databases. `serve` must then start.
+        // Only a store that holds no event yet may fail: a file with no committed transaction
+        // (what serve sets aside), or an environment without didgate's databases. `serve`
+        // must then start.
         let said = String::from_utf8_lossy(&check.stderr);
-        let no_store = image.len() <= 8192 || said.contains("no didgate data");
+        let unborn = didgate::store::header::check(&dir).is_err_and(|d| d.unborn);
+        let no_store = unborn || said.contains("no didgate data");
         if !no_store || !required.is_empty() {
             return Err(format!(
                 "check failed ({:?}): {}{said}",
