@@ -494,20 +494,23 @@ fn writer_section(f: &FileConfig) -> Result<writer::Settings, Error> {
             "must be at least 16m, the sender's retry window",
         ));
     }
+    let map_limit = writer::max_map_limit(usize::BITS);
     let map_bytes = in_range(
         "map_size_bytes",
         f.map_size_bytes,
         d.map_bytes,
         1 << 20,
-        1 << 44,
-    )?;
+        map_limit,
+    )
+    .map_err(address_space(usize::BITS))?;
     let max_map_bytes = in_range(
         "max_map_size_bytes",
         f.max_map_size_bytes,
         d.max_map_bytes.max(map_bytes),
         1 << 20,
-        1 << 44,
-    )?;
+        map_limit,
+    )
+    .map_err(address_space(usize::BITS))?;
     if max_map_bytes < map_bytes {
         return Err(bad("max_map_size_bytes", "is smaller than map_size_bytes"));
     }
@@ -526,8 +529,9 @@ fn writer_section(f: &FileConfig) -> Result<writer::Settings, Error> {
             f.dedup_memory_events,
             d.dedup_memory_events,
             writer::MIN_DEDUP_MEMORY_EVENTS,
-            writer::MAX_DEDUP_MEMORY_EVENTS,
-        )?,
+            writer::max_dedup_memory_events(usize::BITS),
+        )
+        .map_err(address_space(usize::BITS))?,
         durability,
         min_free_disk_bytes: f.min_free_disk_bytes.unwrap_or(d.min_free_disk_bytes),
         map_bytes,
@@ -540,6 +544,23 @@ fn writer_section(f: &FileConfig) -> Result<writer::Settings, Error> {
             1 << 40,
         )?,
     })
+}
+
+/// On a 32-bit host, a range error also says why the range is small there.
+fn address_space(bits: u32) -> impl Fn(Error) -> Error {
+    move |e| {
+        if bits >= 64 {
+            return e;
+        }
+        Error {
+            message: format!(
+                "{} (a 32-bit host: the LMDB map, the dedup table, the heap and every \
+                 connection's stack share a 3 GiB address space)",
+                e.message
+            ),
+            ..e
+        }
+    }
 }
 
 /// Days to keep events per kind, and quarantine.
@@ -678,6 +699,19 @@ mod tests {
             assert!(schema.contains(&format!("{k}: None")), "{k}");
         }
         assert_eq!(schema.matches(": None").count(), keys.len());
+    }
+
+    #[test]
+    fn a_32_bit_host_caps_the_map_and_the_dedup_table_and_says_why() {
+        assert_eq!(writer::max_map_limit(32), 1 << 30);
+        assert_eq!(writer::max_map_limit(64), 1 << 44);
+        assert!(writer::max_dedup_memory_events(32) < writer::max_dedup_memory_events(64));
+        assert!(writer::DEFAULT_MAX_MAP_SIZE_BYTES <= writer::max_map_limit(usize::BITS));
+        let e = address_space(32)(bad("max_map_size_bytes", "4294967296 is outside 1..=2"));
+        assert!(e.message.contains("32-bit host"), "{}", e.message);
+        assert_eq!(e.key.as_deref(), Some("max_map_size_bytes"));
+        let e = address_space(64)(bad("k", "x"));
+        assert!(!e.message.contains("32-bit"));
     }
 
     #[test]

@@ -83,6 +83,13 @@ pub enum Error {
     Damaged(header::Damage),
     /// This user may not read (or, for the lock file, write) the path.
     PermissionDenied(PathBuf),
+    /// The map could not grow to `bytes`: the address space has no room for it.
+    MapGrowth {
+        /// The size asked for.
+        bytes: u64,
+        /// What mmap said.
+        why: std::io::Error,
+    },
     /// Creating the directory failed.
     Io(std::io::Error),
 }
@@ -117,6 +124,11 @@ impl std::fmt::Display for Error {
             Error::Damaged(d) => write!(
                 f,
                 "{d}; restore the last backup (docs/operations.md, \"A damaged store\")"
+            ),
+            Error::MapGrowth { bytes, why } => write!(
+                f,
+                "cannot grow the map to {bytes} bytes ({why}): the address space has no room \
+                 for it; the store keeps its current map (lower max_map_size_bytes, or prune)"
             ),
             Error::PermissionDenied(p) => write!(
                 f,

@@ -42,11 +42,22 @@ impl Store {
     /// Grows the map to `bytes`. LMDB allows this only while this process has no write
     /// transaction open, which the single writer guarantees by calling it between batches.
     ///
+    /// LMDB unmaps the old map before it maps the new one, and when that mmap fails it keeps
+    /// pointing at the old, unmapped address: the next call into the environment faults. So
+    /// the room for the new map is tried first, with a reservation that is given back at once,
+    /// and a growth that cannot fit never reaches LMDB: the environment keeps its old map and
+    /// the caller answers `MDB_MAP_FULL` as at the maximum.
+    ///
     /// # Errors
-    /// LMDB refused (e.g. the address space is exhausted on a 32-bit host).
+    /// [`Error::MapGrowth`] when the address space has no room (a 32-bit host, `RLIMIT_AS`),
+    /// or LMDB refused.
     pub fn grow_map(&self, bytes: u64) -> Result<()> {
-        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
-        Ok(self.env.set_map_size(bytes)?)
+        let size = usize::try_from(bytes).map_err(|_| Error::MapGrowth {
+            bytes,
+            why: std::io::Error::other("larger than this host's address space"),
+        })?;
+        address_space_has_room(size).map_err(|why| Error::MapGrowth { bytes, why })?;
+        Ok(self.env.set_map_size(size)?)
     }
 
     /// Flushes everything committed to disk, meta page included.
@@ -256,6 +267,28 @@ impl Store {
         let used = (info.last_pgno() as u64 + 1) * u64::from(stat.page_size());
         Ok((used, info.map_size() as u64))
     }
+}
+
+/// Whether `bytes` of address space can be mapped now: reserves them (no access, no memory,
+/// no swap) and gives them back.
+fn address_space_has_room(bytes: usize) -> std::io::Result<()> {
+    // SAFETY: an anonymous PROT_NONE mapping at an address of the kernel's choosing touches
+    // nothing that exists; it is unmapped right after, with the address and length mmap gave.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::munmap(p, bytes);
+    }
+    Ok(())
 }
 
 /// Clears reader slots of dead processes (`mdb_reader_check`); harmless when there are none.

@@ -60,8 +60,23 @@ pub const MIN_DEDUP_WINDOW: Duration = Duration::from_secs(16 * 60);
 pub const DEFAULT_DEDUP_MEMORY_EVENTS: usize = 196_608;
 /// Fewest events the dedup table may be sized for.
 pub const MIN_DEDUP_MEMORY_EVENTS: usize = 1024;
-/// Most events the dedup table may be sized for (two tables of 512 MiB).
-pub const MAX_DEDUP_MEMORY_EVENTS: usize = 48 << 20;
+/// Most events the dedup table may be sized for on a host with `pointer_bits`: two tables of
+/// 512 MiB on 64-bit hosts, of 64 MiB on 32-bit ones (armv7), whose whole process lives in a
+/// 3 GiB address space beside the map.
+pub const fn max_dedup_memory_events(pointer_bits: u32) -> usize {
+    if pointer_bits >= 64 {
+        48 << 20
+    } else {
+        6 << 20
+    }
+}
+
+/// The largest LMDB map allowed on a host with `pointer_bits`: 16 TiB on 64-bit hosts; 1 GiB
+/// on 32-bit ones, where the map, the dedup table, the heap and the coroutine stacks share a
+/// 3 GiB address space (a 3-4 GiB map cannot be mapped at all there).
+pub const fn max_map_limit(pointer_bits: u32) -> u64 {
+    if pointer_bits >= 64 { 1 << 44 } else { 1 << 30 }
+}
 /// Below this much free space on the data filesystem, new events get 503 (the sender retries)
 /// rather than letting LMDB meet ENOSPC; room is left for the map to grow and for the OS.
 pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 << 20;

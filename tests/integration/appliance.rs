@@ -283,7 +283,7 @@ fn activated(data: &Path, listener: Option<&std::net::TcpListener>) -> Command {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let fd = listener.map(|l| l.as_raw_fd());
-    let mut cmd = Command::new(BIN);
+    let mut cmd = didgate();
     cmd.args([
         "serve",
         "--admin-listen",

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use crate::util::*;
 
@@ -136,7 +136,7 @@ fn files_are_private_whatever_the_umask() {
     std::fs::create_dir(&bk).unwrap();
     std::fs::set_permissions(&bk, std::fs::Permissions::from_mode(0o755)).unwrap();
     let with_umask = |args: &[&str]| {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = didgate();
         cmd.args(args).stdin(Stdio::null());
         // SAFETY: umask only sets the child's file-creation mask.
         unsafe {
@@ -186,7 +186,7 @@ fn a_reader_without_permission_is_told_so() {
     let data = tmp.path().join("data");
     drop(Server::start(&data, &[]));
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new(BIN)
+    let out = didgate()
         .args(["tail", "--data", data.to_str().unwrap()])
         .uid(65534)
         .gid(65534)
@@ -204,7 +204,7 @@ fn a_reader_without_permission_is_told_so() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let out = Command::new(BIN)
+    let out = didgate()
         .args(["tail", "--data", data.to_str().unwrap()])
         .uid(65534)
         .gid(65534)

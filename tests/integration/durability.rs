@@ -2,7 +2,7 @@
 //! two gateways sharing a store or a port. Crash and fault tests are in `reliability.rs`.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::util::*;
 
@@ -42,7 +42,7 @@ fn tail_follow_and_export_work_while_the_server_writes() {
     let data = tmp.path().join("data");
     let s = Server::start(&data, &[]);
     assert_eq!(s.post("cdr", JSON, &cdr("before")).status, 200);
-    let mut tail = Command::new(BIN)
+    let mut tail = didgate()
         .args(["tail", "-n", "1", "-f", "--data"])
         .arg(&data)
         .stdout(Stdio::piped())

@@ -405,7 +405,7 @@ fn cut(
     ];
     let cfg = write_config(work, "didgate.toml", config);
     if let Scenario::Creation = scenario {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = didgate();
         cmd.args([
             "serve",
             "--listen",
@@ -463,7 +463,7 @@ fn cut(
         };
         let clients = load(s.addr, s.path("cdr"), shape, stop.clone(), acked.clone());
         let pruner = matches!(scenario, Scenario::Prune).then(|| {
-            let mut cmd = Command::new(BIN);
+            let mut cmd = didgate();
             cmd.args(["prune", "--before", &cutoff, "--data"])
                 .arg(&data)
                 .stdout(Stdio::null())

@@ -2,7 +2,7 @@
 //! closed pipes, help texts, config checking.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::util::*;
 
@@ -167,7 +167,7 @@ fn a_closed_pipe_is_not_an_error() {
     // Enough output to overflow a pipe buffer, posted pipelined on one connection.
     let mut c = s.connect();
     s.post_cdrs_pipelined(&mut c, (0..800).map(|i| format!("pipe-{i}")));
-    let mut child = Command::new(BIN)
+    let mut child = didgate()
         .args(["export", "--data"])
         .arg(&data)
         .stdout(Stdio::piped())

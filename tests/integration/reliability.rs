@@ -62,7 +62,10 @@ fn monotonic_ns() -> i64 {
     };
     // SAFETY: clock_gettime writes into a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    // time_t and c_long are 32-bit on armv7.
+    #[allow(clippy::useless_conversion)]
+    let ns = i64::from(ts.tv_sec) * 1_000_000_000 + i64::from(ts.tv_nsec);
+    ns
 }
 
 /// When the shim saw successful `call`s complete ("fdatasync", or "meta" for a meta-page write).
@@ -451,6 +454,68 @@ fn a_full_disk_turns_ingest_to_503_and_it_comes_back_when_space_is_freed() {
     assert_consistent(&data);
 }
 
+/// Regression: a map growth the address space had no room for crashed the writer (LMDB
+/// unmaps the old map before it maps the new one, and the next call faulted on the old
+/// address). The growth is now refused before LMDB sees it: events get 503 with Retry-After
+/// once the map is full, the gateway lives, and growth resumes when there is room.
+#[test]
+fn a_map_growth_without_room_is_refused_not_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        "didgate.toml",
+        "map_size_bytes = 1048576\nfile_headroom_bytes = 0\nmin_free_disk_bytes = 0\n",
+    );
+    let s = start_shimmed(tmp.path(), &["--config", &cfg]);
+    std::fs::write(&s.ctl, "fail_mmap_over=1048576").unwrap();
+    let body = |i: usize| {
+        format!(
+            r#"{{"event":"cdr","callid":"g{i}","pad":"{}"}}"#,
+            "x".repeat(2000)
+        )
+    };
+    let mut stored = Vec::new();
+    let refused = (0..5000).find_map(|i| {
+        let r = s.server.post("cdr", JSON, &body(i));
+        match r.status {
+            200 => {
+                stored.push(i);
+                None
+            }
+            503 => Some(r),
+            other => panic!("status {other}: {}", r.body),
+        }
+    });
+    let r = refused.expect("the 1 MiB map filled up");
+    assert!(r.header("retry-after").is_some(), "{}", r.head);
+    let log = s.server.stderr();
+    assert!(
+        log.contains("cannot grow the map to 2097152 bytes"),
+        "{log}"
+    );
+    assert_eq!(
+        s.server.admin_get("/healthz").status,
+        200,
+        "the gateway is alive"
+    );
+    // Room again: the map grows and events are taken.
+    std::fs::write(&s.ctl, "").unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while s.server.post("cdr", JSON, &body(9999)).status != 200 {
+        assert!(Instant::now() < deadline, "ingest did not resume");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let data = tmp.path().join("data");
+    drop(s);
+    assert_consistent(&data);
+    let n = export(&data).len();
+    assert_eq!(
+        n,
+        stored.len() + 1,
+        "every acknowledged event, and no other"
+    );
+}
+
 #[test]
 fn the_map_grows_under_load_while_a_reader_exports() {
     let tmp = tempfile::tempdir().unwrap();
@@ -512,7 +577,7 @@ fn killed_and_stuck_readers_do_not_hurt_the_gateway() {
     // LMDB's reader table has 126 slots; kill far more readers than that mid-read.
     let kills = if long() { 1000 } else { 200 };
     for i in 0..kills {
-        let mut child = Command::new(BIN)
+        let mut child = didgate()
             .args(["export", "--data"])
             .arg(&data)
             .stdout(Stdio::null())
@@ -528,7 +593,7 @@ fn killed_and_stuck_readers_do_not_hurt_the_gateway() {
     // A follower whose consumer stopped reading: blocked on its pipe, it must not pin a read
     // transaction, or the pages pruning frees could never be reused and the file would grow
     // with everything ever written.
-    let mut stuck = Command::new(BIN)
+    let mut stuck = didgate()
         .args(["tail", "-f", "-n", "0", "--data"])
         .arg(&data)
         .stdout(Stdio::piped())
@@ -642,7 +707,7 @@ fn soak_mixed_load_with_a_follower() {
     // One event first, and the follower started with -n 1: once its first line is out, it
     // is following, and nothing the senders store can fall before its starting point.
     assert_eq!(s.post("cdr", JSON, &cdr("soak-seed")).status, 200);
-    let mut follower = Command::new(BIN)
+    let mut follower = didgate()
         .args(["tail", "-f", "-n", "1", "--data"])
         .arg(&data)
         .stdout(Stdio::piped())

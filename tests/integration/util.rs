@@ -7,7 +7,29 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_didgate");
+/// The didgate binary the tests run: `$DIDGATE_TEST_BIN` when set (a binary built for another
+/// target, run under emulation), else the one cargo built beside this test.
+pub fn bin_path() -> PathBuf {
+    std::env::var_os("DIDGATE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_didgate")))
+}
+
+/// A command that runs the didgate binary, through `$DIDGATE_TEST_RUNNER` when set (e.g.
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu`): cargo's runner wraps only the test binary, and a
+/// host without binfmt_misc cannot exec another target's binary itself.
+pub fn didgate() -> Command {
+    let runner = std::env::var("DIDGATE_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            cmd.args(words).arg(bin_path());
+            cmd
+        }
+        None => Command::new(bin_path()),
+    }
+}
 
 /// The seed document's CDR, with the `billsec` field of didlogic's newer doc.
 pub const SEED_CDR: &str = r#"{"calldate":"2026-05-12T05:17:58Z","callid":"82xg86dv6jhl0p8xu0l3","direction":"outbound","disposition":"ANSWERED","dst":"448081697031","duration":9,"billsec":7,"event":"cdr","src":"441273004315","user_id":76141}"#;
@@ -58,7 +80,7 @@ impl Server {
         env: &[(&str, String)],
     ) -> Result<Server, String> {
         let log = data.with_extension(format!("log-{}", unique()));
-        let mut cmd = Command::new(BIN);
+        let mut cmd = didgate();
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -447,11 +469,7 @@ pub fn raise_nofile() -> u64 {
 
 /// Runs the CLI with `args`.
 pub fn cli(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    didgate().args(args).stdin(Stdio::null()).output().unwrap()
 }
 
 /// Runs a reader subcommand on `data` and returns stdout, asserting success.
@@ -505,7 +523,7 @@ pub fn rfc3339_now() -> String {
 /// `didgate serve` on `data`, on a free loopback port, without the admin listener, stdin
 /// closed: for tests that drive the process themselves (its output, its exit status).
 pub fn serve_command(data: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = didgate();
     cmd.args([
         "serve",
         "--listen",

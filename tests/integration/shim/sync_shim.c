@@ -12,6 +12,10 @@
  *   delay_ms=N   sleep N ms before each fdatasync/fsync
  *   fail=sync    every fdatasync/fsync fails with EIO (a failed commit; LMDB stays usable)
  *   fail=meta    every meta-page write fails with EIO (LMDB marks the environment fatal)
+ *   fail_mmap_over=N  mapping the data file (a shared mapping of a file), or reserving
+ *                address space for it (an anonymous PROT_NONE, MAP_NORESERVE mapping), of more
+ *                than N bytes fails with ENOMEM: a host whose address space has no room for
+ *                a larger map (32-bit, RLIMIT_AS)
  * Completions are appended to $DIDGATE_SHIM_LOG as "<call> <CLOCK_MONOTONIC ns> <rc>".
  */
 #define _GNU_SOURCE
@@ -21,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
@@ -99,4 +104,30 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
 }
 ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
     return meta_write("pwrite64", fd, buf, count, offset);
+}
+
+static void *mmap_call(const char *name, void *addr, size_t len, int prot, int flags, int fd,
+                       off_t off) {
+    void *(*real)(void *, size_t, int, int, int, off_t) =
+        (void *(*)(void *, size_t, int, int, int, off_t))dlsym(RTLD_NEXT, name);
+    int data_map = fd >= 0 && (flags & MAP_SHARED);
+    int reservation = fd < 0 && prot == PROT_NONE && (flags & MAP_NORESERVE);
+    if (data_map || reservation) {
+        char ctl[128];
+        read_ctl(ctl, sizeof ctl);
+        const char *over = strstr(ctl, "fail_mmap_over=");
+        if (over && len > (size_t)atoll(over + 15)) {
+            log_call("mmap", -1);
+            errno = ENOMEM;
+            return MAP_FAILED;
+        }
+    }
+    return real(addr, len, prot, flags, fd, off);
+}
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    return mmap_call("mmap", addr, len, prot, flags, fd, off);
+}
+void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    return mmap_call("mmap64", addr, len, prot, flags, fd, off);
 }
