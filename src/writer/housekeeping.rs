@@ -255,7 +255,10 @@ impl Housekeeping {
                 self.space = space;
             }
         }
-        let floor = (ctx.min_free_disk_bytes() as f64 * DISK_HYSTERESIS) as u64 + HEADROOM_STEP;
+        // Saturating: a floor near u64::MAX (no disk is ever that free) must not wrap to a
+        // small one, which would let the fill eat the space the floor protects.
+        let floor = ((ctx.min_free_disk_bytes() as f64 * DISK_HYSTERESIS) as u64)
+            .saturating_add(HEADROOM_STEP);
         let mut flushed = false;
         loop {
             let space = self.space;

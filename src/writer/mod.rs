@@ -175,13 +175,21 @@ impl Settings {
     }
 }
 
-/// The storage became unusable (LMDB's `MDB_PANIC`): only a restart of the process recovers.
+/// Why the writer stopped on its own: only a restart of the process recovers.
 #[derive(Debug)]
-pub struct Fatal(pub store::Error);
+pub enum Fatal {
+    /// The storage became unusable (LMDB's `MDB_PANIC`).
+    Store(store::Error),
+    /// The writer thread panicked (a bug): nothing more can be committed.
+    Panic,
+}
 
 impl std::fmt::Display for Fatal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "storage is unusable ({})", self.0)
+        match self {
+            Fatal::Store(e) => write!(f, "storage is unusable ({e})"),
+            Fatal::Panic => f.write_str("the writer thread panicked"),
+        }
     }
 }
 
@@ -270,13 +278,9 @@ impl Writer {
     /// The thread had ended with a [`Fatal`] error.
     pub fn stop(self) -> Result<(), Fatal> {
         self.stop.store(true, Ordering::SeqCst);
-        match self.thread.join() {
-            Ok(result) => result,
-            Err(_) => {
-                crate::ops::log::error(format_args!("writer thread panicked"));
-                Ok(())
-            }
-        }
+        // A panicked writer commits nothing more: the process must end non-zero so the
+        // service manager restarts it, as for an unusable store.
+        self.thread.join().unwrap_or(Err(Fatal::Panic))
     }
 }
 
@@ -414,7 +418,7 @@ impl Batcher {
                     .commit_failing
                     .store(true, Ordering::Relaxed);
                 if e.is_fatal() || self.store.is_unusable() {
-                    return Err(Fatal(e));
+                    return Err(Fatal::Store(e));
                 }
                 crate::ops::log::warn_limited(
                     "commit-failed",

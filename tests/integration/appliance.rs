@@ -76,6 +76,12 @@ fn below_the_disk_headroom_events_get_503_and_readyz_says_why() {
             .body
             .contains("didgate_rejections_total{reason=\"disk_low\"} 1")
     );
+    // Regression: a floor this high overflowed the zero fill's own floor and the writer
+    // panicked (the gateway then exited); it must keep refusing, alive.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(s.admin_get("/healthz").status, 200);
+    assert_eq!(s.post("cdr", JSON, SEED_CDR).status, 503);
+    assert!(!s.stderr().contains("panicked"), "{}", s.stderr());
 }
 
 /// Waits until the server's log holds `n` lines containing `what`.

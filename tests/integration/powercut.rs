@@ -510,6 +510,9 @@ fn seed() -> u64 {
 /// Every image of every cut keeps every acknowledged event, passes check, and serves.
 #[test]
 fn power_cuts_lose_no_acknowledged_event() {
+    if skip_under_emulation("power_cuts_lose_no_acknowledged_event") {
+        return;
+    }
     let seed = seed();
     eprintln!("power-cut seed {seed} (DIDGATE_POWERCUT_SEED replays it)");
     let mut rng = Rng(seed);
@@ -552,6 +555,9 @@ fn power_cuts_lose_no_acknowledged_event() {
 /// `durability = "interval"` with a long interval, both lose acknowledged events.
 #[test]
 fn negative_controls_show_the_harness_detects_loss() {
+    if skip_under_emulation("negative_controls_show_the_harness_detects_loss") {
+        return;
+    }
     let mut rng = Rng(seed());
     // A lying disk: the flushes of the second half of the run never reached it.
     let tmp = tempfile::tempdir().unwrap();

@@ -135,6 +135,9 @@ fn answers_wait_for_a_sync(extra: &[&str], dir: &Path, clients: usize) -> Vec<bo
 
 #[test]
 fn no_200_before_the_fsync_that_covers_it() {
+    if skip_under_emulation("no_200_before_the_fsync_that_covers_it") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let covered = answers_wait_for_a_sync(&[], tmp.path(), 1);
     assert!(
@@ -152,6 +155,9 @@ fn no_200_before_the_fsync_that_covers_it() {
 
 #[test]
 fn the_sync_order_check_catches_a_gateway_that_answers_before_syncing() {
+    if skip_under_emulation("the_sync_order_check_catches_a_gateway_that_answers_before_syncing") {
+        return;
+    }
     // The same check against a gateway that does not sync before answering (interval mode
     // with a long interval): it must fail, or the test above proves nothing.
     let tmp = tempfile::tempdir().unwrap();
@@ -169,6 +175,11 @@ fn the_sync_order_check_catches_a_gateway_that_answers_before_syncing() {
 
 #[test]
 fn failed_syncs_answer_503_then_recover_and_a_fatal_error_exits_for_a_restart() {
+    if skip_under_emulation(
+        "failed_syncs_answer_503_then_recover_and_a_fatal_error_exits_for_a_restart",
+    ) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let s = start_shimmed(tmp.path(), &[]);
     let data = tmp.path().join("data");
@@ -230,6 +241,9 @@ fn failed_syncs_answer_503_then_recover_and_a_fatal_error_exits_for_a_restart() 
 
 #[test]
 fn a_wedged_writer_stops_the_watchdog_and_fails_readyz() {
+    if skip_under_emulation("a_wedged_writer_stops_the_watchdog_and_fails_readyz") {
+        return;
+    }
     // The writer stuck in an 8 s fdatasync: systemd must stop receiving WATCHDOG=1 (so it
     // restarts the service at WatchdogSec) and, past its 5 s threshold, /readyz must say why.
     let tmp = tempfile::tempdir().unwrap();
@@ -460,6 +474,9 @@ fn a_full_disk_turns_ingest_to_503_and_it_comes_back_when_space_is_freed() {
 /// once the map is full, the gateway lives, and growth resumes when there is room.
 #[test]
 fn a_map_growth_without_room_is_refused_not_a_crash() {
+    if skip_under_emulation("a_map_growth_without_room_is_refused_not_a_crash") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_config(
         tmp.path(),

@@ -536,3 +536,14 @@ pub fn serve_command(data: &Path) -> Command {
     .stdin(Stdio::null());
     cmd
 }
+
+/// Whether the binary runs under an emulator (`DIDGATE_TEST_RUNNER`). Tests that preload a
+/// fault-injection shim into the server skip themselves then, saying so: the shim is built for
+/// the host, and an emulator would load it into itself, not into the program it emulates.
+pub fn skip_under_emulation(test: &str) -> bool {
+    let emulated = std::env::var("DIDGATE_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty());
+    if emulated {
+        eprintln!("{test}: skipped under emulation (it preloads a shim built for the host)");
+    }
+    emulated
+}
