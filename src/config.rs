@@ -744,7 +744,7 @@ mod tests {
             ("file_headroom_bytes = 1099511627777", "file_headroom_bytes"),
             ("workers = 0", "workers"),
             (
-                "map_size_bytes = 4294967296\nmax_map_size_bytes = 1048576",
+                "map_size_bytes = 2097152\nmax_map_size_bytes = 1048576",
                 "max_map_size_bytes",
             ),
             (

@@ -324,7 +324,7 @@ mod tests {
         assert!(!e.unborn, "{e}");
 
         let tiny = tempfile::tempdir().unwrap();
-        std::fs::write(tiny.path().join("data.mdb"), &data[..100]).unwrap();
+        std::fs::write(tiny.path().join("data.mdb"), &data[..PAGE_HEADER + 50]).unwrap();
         let e = check(tiny.path()).unwrap_err();
         assert!(e.what.contains("too short") && e.unborn, "{e}");
         // The first kilobyte of a store: both metas' place, no valid second meta, no

@@ -89,6 +89,8 @@ impl Server {
             // SAFETY: setrlimit is async-signal-safe and only touches the child being spawned.
             unsafe {
                 cmd.pre_exec(move || {
+                    // rlim_t is 32-bit on armv7.
+                    let n = libc::rlim_t::try_from(n).unwrap_or(libc::rlim_t::MAX);
                     let lim = libc::rlimit {
                         rlim_cur: n,
                         rlim_max: n,
@@ -464,7 +466,10 @@ pub fn raise_nofile() -> u64 {
         lim.rlim_cur = lim.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
-    lim.rlim_cur
+    // rlim_t is 32-bit on armv7.
+    #[allow(clippy::useless_conversion)]
+    let cur = u64::from(lim.rlim_cur);
+    cur
 }
 
 /// Runs the CLI with `args`.
