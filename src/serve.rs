@@ -209,7 +209,6 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     let _lock = lock_data_dir(dir)?;
     let mut token = crate::ops::token::load_or_create(dir, cfg.token.as_deref())
         .map_err(start_error("cannot read or create the token"))?;
-    set_aside_unborn(dir)?;
     if let crate::writer::Durability::Interval(every) = cfg.writer.durability {
         crate::ops::log::warn(format_args!(
             "durability = \"interval\" (sync every {every:?}): a power cut or OS crash can \
@@ -218,11 +217,20 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         ));
     }
     let map_bytes = usize::try_from(cfg.writer.map_bytes).unwrap_or(usize::MAX);
-    let store = Store::open_writer_with(dir, map_bytes, cfg.writer.durability.store_sync())
-        .map_err(|e| match e {
-            store::Error::Damaged(_) => Error::Damaged(e.to_string()),
-            e => Error::Start(format!("cannot open the store in {}: {e}", dir.display())),
-        })?;
+    let open = || Store::open_writer_with(dir, map_bytes, cfg.writer.durability.store_sync());
+    let store = match open() {
+        // A store that never committed (a power cut during the first start) is set aside once,
+        // and a new one created; anything else damaged is refused.
+        Err(store::Error::Damaged(damage)) if damage.unborn => {
+            set_aside_unborn(&damage)?;
+            open()
+        }
+        other => other,
+    }
+    .map_err(|e| match e {
+        store::Error::Damaged(_) => Error::Damaged(e.to_string()),
+        e => Error::Start(format!("cannot open the store in {}: {e}", dir.display())),
+    })?;
 
     // The runtime reads these when it starts, which is the first coroutine or socket below.
     may::config()
@@ -485,19 +493,15 @@ fn start_watchdog(interval: Duration, health: Arc<Health>) {
     }
 }
 
-/// Moves aside a data file that cannot hold an event (a power cut while the store was being
-/// created left part of LMDB's first write), so `serve` starts fresh instead of refusing
+/// Moves aside a data file the open found unborn: it holds no committed transaction (a power
+/// cut while the store was being created), so `serve` starts fresh instead of refusing
 /// forever. A file that might hold a committed event is never touched: that is a damaged
 /// store, reported by the open.
-fn set_aside_unborn(dir: &std::path::Path) -> Result<(), Error> {
-    let Err(damage) = store::header::check(dir) else {
-        return Ok(());
-    };
-    if !damage.unborn {
-        return Ok(());
-    }
+fn set_aside_unborn(damage: &store::header::Damage) -> Result<(), Error> {
     let stamp = crate::timestamp::now_ms() / 1000;
-    let aside = dir.join(format!("data.mdb.unborn-{stamp}"));
+    let aside = damage
+        .file
+        .with_file_name(format!("data.mdb.unborn-{stamp}"));
     std::fs::rename(&damage.file, &aside).map_err(|e| {
         Error::Damaged(format!(
             "{damage}; cannot move it aside to {}: {e}",
