@@ -540,22 +540,7 @@ fn commit_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{BodyFormat, Event};
-
-    fn job(body: &str, quarantine: Option<&str>) -> Job {
-        Job {
-            event: Event {
-                kind: "cdr".into(),
-                format: BodyFormat::Json,
-                peer: None,
-                content_type: vec![],
-                body: body.as_bytes().to_vec(),
-                callid: None,
-            },
-            quarantine: quarantine.map(str::to_string),
-            reply: Reply::new(),
-        }
-    }
+    use queue::tests::job;
 
     /// Production's settings but a small batch and queue, and no zero-filled room (one test
     /// below turns it on to watch it).

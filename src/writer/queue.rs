@@ -60,21 +60,22 @@ impl Queue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::event::BodyFormat;
 
-    fn job() -> Job {
+    /// A CDR job with `body`, for quarantine with `quarantine` as the reason when given.
+    pub(in crate::writer) fn job(body: &str, quarantine: Option<&str>) -> Job {
         Job {
             event: Event {
                 kind: "cdr".into(),
                 format: BodyFormat::Json,
                 peer: None,
                 content_type: vec![],
-                body: b"{}".to_vec(),
+                body: body.as_bytes().to_vec(),
                 callid: None,
             },
-            quarantine: None,
+            quarantine: quarantine.map(str::to_string),
             reply: Reply::new(),
         }
     }
@@ -82,8 +83,8 @@ mod tests {
     #[test]
     fn full_queue_is_refused_at_once() {
         let (queue, _rx) = Queue::bounded(1);
-        queue.submit(job()).unwrap();
-        assert_eq!(queue.submit(job()).err(), Some(SubmitError::Full));
+        queue.submit(job("{}", None)).unwrap();
+        assert_eq!(queue.submit(job("{}", None)).err(), Some(SubmitError::Full));
         assert_eq!(queue.depth(), 1);
     }
 }

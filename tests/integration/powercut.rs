@@ -405,23 +405,11 @@ fn cut(
     ];
     let cfg = write_config(work, "didgate.toml", config);
     if let Scenario::Creation = scenario {
-        let mut cmd = didgate();
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--config",
-            &cfg,
-        ])
-        .arg("--data")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
+        let mut cmd = serve_command(&data);
+        cmd.args(["--config", &cfg])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().unwrap();
         std::thread::sleep(Duration::from_micros(rng.below(40_000)));
         let _ = child.kill();
