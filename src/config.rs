@@ -41,6 +41,8 @@ pub struct Config {
     pub writer: writer::Settings,
     /// How long events and quarantined bodies are kept.
     pub retention: Policy,
+    /// HTTPS on the webhook listener; `None`: plain HTTP.
+    pub tls: Option<crate::tls::Settings>,
 }
 
 /// The TOML file, as written. Every key is optional; unknown keys are errors.
@@ -81,6 +83,7 @@ struct FileConfig {
     file_headroom_bytes: Option<u64>,
     durability: Option<String>,
     sync_interval: Option<String>,
+    tls: Option<tls::TlsFile>,
 }
 
 /// What the command line said; each `Some` overrides the file.
@@ -214,7 +217,11 @@ impl Config {
         let file: FileConfig =
             toml::from_str(&text).map_err(|e| plain(format!("config: {}: {e}", path.display())))?;
         Config::build(file, flags).map_err(|e| {
-            let line = e.key.as_deref().and_then(|k| line_of(&text, k));
+            // A key inside a section (`tls.acme.domains`) is written by its last part.
+            let line = e
+                .key
+                .as_deref()
+                .and_then(|k| line_of(&text, k.rsplit('.').next().unwrap_or(k)));
             let message = match line {
                 Some(n) => format!("{} (in {} line {n})", e.message, path.display()),
                 None => format!("{} (in {})", e.message, path.display()),
@@ -267,6 +274,7 @@ impl Config {
             ingest: ingest_section(&f)?,
             writer: writer_section(&f)?,
             retention: retention_section(&f)?,
+            tls: tls::section(f.tls.as_ref())?,
         })
     }
 }
@@ -355,6 +363,7 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
             "sync_interval",
             interval(w.durability) != interval(x.durability),
         ),
+        ("tls", a.tls != b.tls),
     ];
     keys.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect()
 }
@@ -598,6 +607,8 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
+
+mod tls;
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@
 //! - [`event`]: the event and its record encoding, shared by ingest, writer and store.
 //! - [`writer`]: the single writer thread: batch, dedup, commit, wake; housekeeping, retention.
 //! - [`store`]: LMDB: layout, walk, reads, the write transaction, check, migrate, OS helpers.
+//! - [`tls`]: HTTPS on the webhook listener: certificates from files or ACME, kept current.
 //! - [`ops`]: admin listener, health, metrics, systemd notify, log, token.
 //! - [`cli`]: the reader subcommands (`tail`, `export`, `get`, `stats`, `quarantine`, ...).
 //! - [`timestamp`]: times as shown and accepted.
@@ -26,4 +27,5 @@ pub mod ops;
 pub mod serve;
 pub mod store;
 pub(crate) mod timestamp;
+pub mod tls;
 pub mod writer;

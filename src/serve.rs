@@ -28,6 +28,9 @@ use crate::ops::log::Level;
 use crate::ops::metrics::{Metrics, Rejection};
 use crate::ops::notify;
 use crate::store::{self, Store};
+use crate::tls::Tls;
+use crate::tls::http01::Http01;
+use crate::tls::job::Job as TlsJob;
 use crate::writer::{FATAL_EXIT_GRACE, Fatal, Writer};
 
 /// Name of the lock file that keeps a second `serve` off the same data directory.
@@ -238,6 +241,15 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         .set_pool_capacity(cfg.serve.coroutine_pool)
         .set_stack_size(cfg.serve.stack_bytes / std::mem::size_of::<usize>());
 
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    // Before binding: certificate files that do not load stop the start, with their reason.
+    let tls = match &cfg.tls {
+        Some(t) => Some(Arc::new(
+            Tls::start(t, dir, &health).map_err(|e| Error::Start(format!("TLS: {e}")))?,
+        )),
+        None => None,
+    };
     let listener = match passed {
         Some(l) => l,
         None => listener::bind(cfg.serve.listen, cfg.serve.listen_backlog)?,
@@ -249,11 +261,13 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         Some(addr) => Some(listener::bind(addr, 64)?),
         None => None,
     };
+    let http01 = match cfg.tls.as_ref().and_then(|t| t.http_redirect) {
+        Some(addr) => Some(listener::bind(addr, 64)?),
+        None => None,
+    };
     let listen_fd = listener.as_raw_fd();
     let admin_fd = admin.as_ref().map(AsRawFd::as_raw_fd);
-
-    let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
+    let http01_fd = http01.as_ref().map(AsRawFd::as_raw_fd);
     let (writer, queue) = Writer::spawn(
         store,
         cfg.writer.clone(),
@@ -270,6 +284,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         metrics.clone(),
         health.clone(),
         deadlines,
+        tls.clone(),
     ));
 
     announce(
@@ -277,6 +292,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         &token,
         dir,
         admin.as_ref().and_then(|a| a.local_addr().ok()),
+        cfg.tls.as_ref(),
     );
     let accept = {
         // SAFETY: `into_raw_fd` hands over sole ownership of a valid, listening socket; the
@@ -299,6 +315,36 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         // Why spawning is sound: as above.
         may::go!(move || admin::accept_loop(listener, admin))
     });
+    let http01_accept = match (http01, &tls) {
+        (Some(l), Some(tls)) => {
+            // SAFETY: as above, for the ACME challenge socket.
+            let listener = unsafe { may::net::TcpListener::from_raw_fd(l.into_raw_fd()) };
+            let http01 = Arc::new(Http01 {
+                resolver: tls.resolver.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+            });
+            // Why spawning is sound: as above.
+            Some(may::go!(move || crate::tls::http01::accept_loop(
+                listener, http01
+            )))
+        }
+        _ => None,
+    };
+    // After the listener is up: a tls-alpn-01 validation connects to it.
+    let tls_job = match (&cfg.tls, &tls) {
+        (Some(settings), Some(tls)) => Some(
+            TlsJob::start(
+                settings.clone(),
+                dir,
+                tls.resolver.clone(),
+                metrics.clone(),
+                health.clone(),
+            )
+            .map_err(start_error("cannot start the TLS thread"))?,
+        ),
+        _ => None,
+    };
     notify::notify("READY=1\nSTATUS=accepting webhooks");
     if let Some(interval) = notify::watchdog_interval() {
         start_watchdog(interval, health.clone());
@@ -325,6 +371,9 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         };
         match wake {
             Wake::Signal(libc::SIGHUP) => {
+                if let Some(job) = &tls_job {
+                    job.reload();
+                }
                 if let Some(new) = reload(&flags, &cfg, &mut token, &gateway, &writer) {
                     cfg = new;
                 }
@@ -357,6 +406,13 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     if let (Some(fd), Some(handle)) = (admin_fd, admin_accept) {
         stop_listening(fd);
         let _ = handle.join();
+    }
+    if let (Some(fd), Some(handle)) = (http01_fd, http01_accept) {
+        stop_listening(fd);
+        let _ = handle.join();
+    }
+    if let Some(job) = &tls_job {
+        job.stop();
     }
     let deadline = Instant::now() + grace;
     while gateway.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -541,14 +597,21 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<File, Error> {
 /// Says where the gateway listens. The webhook URLs carry the secret token, so they are
 /// printed only to a terminal: under systemd stdout is the journal, which many people may
 /// read and which is kept. `didgate urls` prints them on demand.
-fn announce(local: SocketAddr, token: &str, dir: &std::path::Path, admin: Option<SocketAddr>) {
+fn announce(
+    local: SocketAddr,
+    token: &str,
+    dir: &std::path::Path,
+    admin: Option<SocketAddr>,
+    tls: Option<&crate::tls::Settings>,
+) {
     use std::io::Write;
     // A closed stdout (a reader that went away) must not take the gateway down: lines that
     // cannot be written are dropped.
     let mut out = std::io::stdout().lock();
+    let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
     let _ = writeln!(
         out,
-        "didgate: listening on {local}, data in {}",
+        "didgate: listening ({scheme}) on {local}, data in {}",
         dir.display()
     );
     if let Some(a) = admin {
@@ -565,7 +628,9 @@ fn announce(local: SocketAddr, token: &str, dir: &std::path::Path, admin: Option
         );
         return;
     }
-    let host = if local.ip().is_unspecified() {
+    let host = if let Some(domain) = tls.and_then(crate::tls::Settings::url_host) {
+        domain.to_string()
+    } else if local.ip().is_unspecified() {
         let _ = writeln!(
             out,
             "didgate: replace HOST with this machine's public name or address"
@@ -579,7 +644,7 @@ fn announce(local: SocketAddr, token: &str, dir: &std::path::Path, admin: Option
             out,
             "didgate: {:<9} {}",
             hook.name(),
-            crate::ingest::route::hook_url(&host, local.port(), token, hook)
+            crate::ingest::route::hook_url(tls.is_some(), &host, local.port(), token, hook)
         );
     }
 }

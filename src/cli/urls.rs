@@ -10,8 +10,9 @@ use crate::event::Hook;
 use crate::ingest::route::hook_url;
 use crate::ops::token::TOKEN_FILE;
 
-/// Prints one line per hook: its name, then its URL. `host` replaces the listen address (which
-/// is no use to didlogic when it is `0.0.0.0` or a private address).
+/// Prints one line per hook: its name, then its URL (`https://` when `[tls]` is set). `host`
+/// replaces the listen address (which is no use to didlogic when it is `0.0.0.0` or a private
+/// address); without it, the first ACME domain does.
 ///
 /// # Errors
 /// [`Error::Usage`] when there is no token yet (the gateway never started and none is
@@ -34,14 +35,15 @@ pub fn run(cfg: &Config, host: Option<&str>, out: &mut impl Write) -> Result<()>
         }
     };
     let listen = cfg.serve.listen;
-    let host = match host {
+    let https = cfg.tls.is_some();
+    let host = match host.or(cfg.tls.as_ref().and_then(crate::tls::Settings::url_host)) {
         Some(h) => h.to_string(),
         None if listen.ip().is_unspecified() => "HOST".to_string(),
         None => listen.ip().to_string(),
     };
     let mut buf = Vec::new();
     for hook in Hook::ALL {
-        let url = hook_url(&host, listen.port(), &token, hook);
+        let url = hook_url(https, &host, listen.port(), &token, hook);
         buf.extend_from_slice(format!("{:<9} {url}\n", hook.name()).as_bytes());
     }
     emit(out, &mut buf)

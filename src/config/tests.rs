@@ -92,6 +92,7 @@ fn changed_keys_name_each_key_that_differs() {
         "file_headroom_bytes",
         "durability",
         "sync_interval",
+        "tls",
     ];
     let schema = format!("{:?}", FileConfig::default());
     for k in keys {

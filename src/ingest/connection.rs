@@ -31,6 +31,8 @@ use crate::ingest::route::{self, Hook, Route};
 use crate::ops::metrics::Rejection;
 use crate::writer::{Job, Outcome, Reply, SubmitError};
 
+mod tls;
+
 /// Bytes asked of the socket by the first read of a connection, and at least by every read.
 /// A webhook request is well under 1 KiB, and every connection waiting for input holds this
 /// much; a read that fills the buffer doubles it (`Vec` growth), so large bodies take a few
@@ -129,7 +131,15 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, gateway: &Gateway) {
         json: None,
         route: None,
         head_request: false,
+        tls: None,
     };
+    if let Some(tls) = &gateway.tls {
+        match conn.start_tls(tls) {
+            Ok(()) => {}
+            Err(End::Close) => return conn.linger(),
+            Err(End::Dead) => return,
+        }
+    }
     if let End::Close = conn.run() {
         conn.linger();
     }
@@ -158,6 +168,9 @@ struct Conn<'a> {
     route: Option<Hook>,
     /// The request being handled is a HEAD request.
     head_request: bool,
+    /// The TLS session once the handshake has started (HTTPS listener only): reads and writes
+    /// then go through it (`connection/tls.rs`).
+    tls: Option<Box<rustls::ServerConnection>>,
 }
 
 impl<'a> Conn<'a> {
@@ -445,6 +458,9 @@ impl<'a> Conn<'a> {
     }
 
     fn write_all_wbuf(&mut self) -> std::io::Result<()> {
+        if self.tls.is_some() {
+            return self.write_tls_wbuf();
+        }
         let mut at = 0;
         // Set when a write first finds the socket full, cleared by progress.
         let mut deadline = None;
@@ -504,6 +520,9 @@ impl<'a> Conn<'a> {
             self.rbuf.drain(..self.start);
             self.start = 0;
         }
+        if self.tls.is_some() {
+            return self.fill_tls(deadline);
+        }
         loop {
             // The socket is edge-triggered in `may`'s epoll: a read event comes with each
             // arrival of data after the last wait. So once a read returned less than it asked
@@ -544,6 +563,7 @@ impl<'a> Conn<'a> {
     /// Half-closes and drains what the client still sends, briefly and boundedly, so the
     /// answers just written are not destroyed by a reset.
     fn linger(&mut self) {
+        self.close_tls();
         let _ = self.stream.shutdown(Shutdown::Write);
         let deadline = Instant::now() + LINGER;
         let mut drained = 0;

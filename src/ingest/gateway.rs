@@ -17,6 +17,7 @@ use crate::ingest::decode::json::MAX_JSON_DEPTH;
 use crate::ingest::http::{HEADER_SLOTS, Limits};
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
+use crate::tls::Tls;
 use crate::writer::Queue;
 
 /// Request line plus headers. 16 KiB is nginx's large_client_header_buffers order of size and
@@ -112,6 +113,8 @@ pub struct Gateway {
     pub health: Arc<Health>,
     /// Times out socket waits and requests waiting longer than `commit_timeout`.
     pub deadlines: Deadlines,
+    /// HTTPS: every connection starts with a TLS handshake; `None`: plain HTTP.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Gateway {
@@ -123,6 +126,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         deadlines: Deadlines,
+        tls: Option<Arc<Tls>>,
     ) -> Gateway {
         Gateway {
             access: RwLock::new(Arc::new(access)),
@@ -132,6 +136,7 @@ impl Gateway {
             metrics,
             health,
             deadlines,
+            tls,
         }
     }
 

@@ -8,15 +8,21 @@ use subtle::ConstantTimeEq;
 
 pub use crate::event::Hook;
 
-/// The URL to give didlogic for `hook`: `http://HOST:PORT/hooks/TOKEN/HOOK` (an IPv6 host in
-/// brackets).
-pub fn hook_url(host: &str, port: u16, token: &str, hook: Hook) -> String {
+/// The URL to give didlogic: `https://HOST:PORT/hooks/TOKEN/HOOK` (`http://` without TLS; no
+/// port when it is the scheme's default; an IPv6 host in brackets).
+pub fn hook_url(https: bool, host: &str, port: u16, token: &str, hook: Hook) -> String {
     let host = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
     } else {
         host.to_string()
     };
-    format!("http://{host}:{port}/hooks/{token}/{}", hook.name())
+    let (scheme, default_port) = if https { ("https", 443) } else { ("http", 80) };
+    let port = if port == default_port {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    format!("{scheme}://{host}{port}/hooks/{token}/{}", hook.name())
 }
 
 /// Where a request target leads.

@@ -5,12 +5,12 @@
 //! connection, read with the same framer as the hooks and tight limits; it never touches the
 //! store.
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::ingest::http::{Frame, Framer, Limits, Method};
+use crate::ingest::http::{Limits, Method};
+use crate::ingest::oneshot;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::writer::Queue;
@@ -54,76 +54,40 @@ pub fn accept_loop(listener: may::net::TcpListener, admin: Arc<Admin>) {
 }
 
 fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
-    let deadline = Instant::now() + ADMIN_TIMEOUT;
-    let _ = stream.set_write_timeout(Some(ADMIN_TIMEOUT));
-    let mut buf = Vec::with_capacity(1024);
-    let mut framer = Framer::new(ADMIN_LIMITS);
-    let head = loop {
-        match framer.advance(&buf) {
-            Ok((_, Some(Frame::Head(h)))) => break Some(h),
-            Ok(_) => {}
-            Err(_) => break None,
-        }
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return;
-        };
-        if stream.set_read_timeout(Some(left)).is_err() {
-            return;
-        }
-        let mut chunk = [0u8; 1024];
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let mut out = Vec::new();
-    let Some(head) = head else {
-        crate::ingest::response::write_plain(
-            &mut out,
-            400,
-            "Bad Request",
-            "text/plain; charset=utf-8",
-            b"bad request\n",
-            false,
-        );
-        let _ = stream.write_all(&out);
+    let Some(head) = oneshot::read_head(&mut stream, ADMIN_LIMITS, ADMIN_TIMEOUT) else {
         return;
     };
     let path = head.target.split(|&b| b == b'?').next().unwrap_or_default();
     let get = head.method != Method::Post;
-    let (code, reason, ctype, body): (u16, &str, &str, Vec<u8>) = match path {
-        b"/metrics" if get => (
-            200,
-            "OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            admin
-                .metrics
-                .render(admin.queue.depth(), &admin.health)
-                .into_bytes(),
-        ),
-        b"/healthz" if get => (200, "OK", "text/plain; charset=utf-8", b"alive\n".to_vec()),
+    let bodyless = head.method == Method::Head;
+    let text = "text/plain; charset=utf-8";
+    match path {
+        b"/metrics" if get => {
+            let body = admin.metrics.render(admin.queue.depth(), &admin.health);
+            let ctype = "text/plain; version=0.0.4; charset=utf-8";
+            oneshot::answer_typed(&mut stream, 200, "OK", ctype, body.as_bytes(), bodyless);
+        }
+        b"/healthz" if get => oneshot::answer(&mut stream, 200, "OK", b"alive\n", bodyless),
         b"/readyz" if get => {
             let why = admin.health.not_ready();
             if why.is_empty() {
-                (200, "OK", "text/plain; charset=utf-8", b"ready\n".to_vec())
+                oneshot::answer(&mut stream, 200, "OK", b"ready\n", bodyless);
             } else {
-                let text = format!("not ready: {}\n", why.join("; "));
-                (
+                let body = format!("not ready: {}\n", why.join("; "));
+                let unavailable = "Service Unavailable";
+                oneshot::answer_typed(
+                    &mut stream,
                     503,
-                    "Service Unavailable",
-                    "text/plain; charset=utf-8",
-                    text.into_bytes(),
-                )
+                    unavailable,
+                    text,
+                    body.as_bytes(),
+                    bodyless,
+                );
             }
         }
-        _ => (
-            404,
-            "Not Found",
-            "text/plain; charset=utf-8",
-            b"not found: try /metrics, /healthz, /readyz\n".to_vec(),
-        ),
-    };
-    let bodyless = head.method == Method::Head;
-    crate::ingest::response::write_plain(&mut out, code, reason, ctype, &body, bodyless);
-    let _ = stream.write_all(&out);
+        _ => {
+            let body = b"not found: try /metrics, /healthz, /readyz\n";
+            oneshot::answer(&mut stream, 404, "Not Found", body, bodyless);
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! `/readyz` (the admin listener) and systemd's watchdog (`serve`) both ask [`Health`]; the
 //! connections read the same flags to answer 503 fast.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::timestamp;
@@ -24,6 +24,9 @@ pub struct Health {
     pub commit_failing: AtomicBool,
     /// Milliseconds since the epoch of the writer loop's last pass (idle ticks included).
     writer_heartbeat_ms: AtomicU64,
+    /// The served TLS certificate's expiry (Unix seconds); [`TLS_OFF`] without TLS,
+    /// [`TLS_NO_CERTIFICATE`] while ACME has none yet.
+    tls_not_after: AtomicI64,
 }
 
 impl Default for Health {
@@ -35,6 +38,7 @@ impl Default for Health {
             disk_low: AtomicBool::new(false),
             commit_failing: AtomicBool::new(false),
             writer_heartbeat_ms: AtomicU64::new(0),
+            tls_not_after: AtomicI64::new(TLS_OFF),
         };
         health.beat();
         health
@@ -81,9 +85,32 @@ impl Health {
         self.disk_low.load(Ordering::Relaxed)
     }
 
+    /// Records the served certificate's expiry (Unix seconds); `None`: TLS is on but there is
+    /// no certificate yet.
+    pub fn set_tls_not_after(&self, not_after: Option<i64>) {
+        let v = not_after.map_or(TLS_NO_CERTIFICATE, |t| t.max(TLS_NO_CERTIFICATE + 1));
+        self.tls_not_after.store(v, Ordering::Relaxed);
+    }
+
+    /// The served certificate's expiry: `None` without TLS, `Some(None)` with no certificate.
+    pub fn tls_not_after(&self) -> Option<Option<i64>> {
+        match self.tls_not_after.load(Ordering::Relaxed) {
+            TLS_OFF => None,
+            TLS_NO_CERTIFICATE => Some(None),
+            t => Some(Some(t)),
+        }
+    }
+
     /// Why the gateway cannot take events now; empty when it is ready.
     pub fn not_ready(&self) -> Vec<&'static str> {
         let mut why = Vec::new();
+        match self.tls_not_after() {
+            Some(None) => why.push("no TLS certificate yet (the ACME order has not succeeded)"),
+            Some(Some(t)) if t <= crate::timestamp::now_ms() / 1000 => {
+                why.push("the TLS certificate has expired");
+            }
+            _ => {}
+        }
         if self.is_shutting_down() {
             why.push("shutting down");
         }
@@ -100,6 +127,11 @@ impl Health {
     }
 }
 
+/// `tls_not_after` without TLS.
+const TLS_OFF: i64 = i64::MIN;
+/// `tls_not_after` while TLS is on without a certificate.
+const TLS_NO_CERTIFICATE: i64 = i64::MIN + 1;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +147,15 @@ mod tests {
         assert!(h.writer_stalled(WRITER_STALL));
         assert_eq!(h.not_ready(), ["the writer has not run for over 5 s"]);
         h.beat();
+        h.set_tls_not_after(None);
+        assert_eq!(
+            h.not_ready(),
+            ["no TLS certificate yet (the ACME order has not succeeded)"]
+        );
+        h.set_tls_not_after(Some(1));
+        assert_eq!(h.not_ready(), ["the TLS certificate has expired"]);
+        h.set_tls_not_after(Some(crate::timestamp::now_ms() / 1000 + 60));
+        assert!(h.not_ready().is_empty());
         h.start_shutdown();
         assert_eq!(h.not_ready(), ["shutting down"]);
     }

@@ -215,6 +215,24 @@ pub struct Metrics {
     pub dedup_memory_bytes: AtomicU64,
     /// How long ago the oldest event the dedup table remembers was stored.
     pub dedup_reach_seconds: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed (bad records, no shared protocol, no certificate).
+    pub tls_handshake_failures: AtomicU64,
+    /// TLS handshakes cut at `handshake_timeout`.
+    pub tls_handshake_timeouts: AtomicU64,
+    /// Plain HTTP refused: on the TLS port, or a non-challenge request on `http_redirect`.
+    pub tls_plain_refused: AtomicU64,
+    /// ACME validations answered (`tls-alpn-01` handshakes, `http-01` requests).
+    pub tls_challenges_answered: AtomicU64,
+    /// Certificates obtained by ACME.
+    pub tls_certificates_issued: AtomicU64,
+    /// ACME orders that failed (each is retried with backoff).
+    pub tls_renewal_failures: AtomicU64,
+    /// Certificate files reloaded.
+    pub tls_reloads: AtomicU64,
+    /// Certificate file reloads refused (the current certificate was kept).
+    pub tls_reload_failures: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -241,6 +259,15 @@ impl Default for Metrics {
             last_commit_ms: AtomicU64::new(0),
             dedup_memory_bytes: AtomicU64::new(0),
             dedup_reach_seconds: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
+            tls_handshake_timeouts: AtomicU64::new(0),
+            tls_plain_refused: AtomicU64::new(0),
+            tls_challenges_answered: AtomicU64::new(0),
+            tls_certificates_issued: AtomicU64::new(0),
+            tls_renewal_failures: AtomicU64::new(0),
+            tls_reloads: AtomicU64::new(0),
+            tls_reload_failures: AtomicU64::new(0),
         }
     }
 }
@@ -484,7 +511,79 @@ impl Metrics {
         for (name, help, v) in gauges {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        if let Some(not_after) = health.tls_not_after() {
+            self.render_tls(&mut o, not_after);
+        }
         o
+    }
+
+    /// The TLS block, present only when TLS is on (a missing expiry must not read as 1970).
+    fn render_tls(&self, o: &mut String, not_after: Option<i64>) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counters = [
+            (
+                "didgate_tls_handshakes_total",
+                "TLS handshakes completed.",
+                load(&self.tls_handshakes),
+            ),
+            (
+                "didgate_tls_handshake_failures_total",
+                "TLS handshakes that failed (bad records, no shared protocol, no certificate).",
+                load(&self.tls_handshake_failures),
+            ),
+            (
+                "didgate_tls_handshake_timeouts_total",
+                "TLS handshakes cut at handshake_timeout.",
+                load(&self.tls_handshake_timeouts),
+            ),
+            (
+                "didgate_tls_plain_refused_total",
+                "Plain HTTP refused: on the TLS port, or other than an ACME challenge on http_redirect.",
+                load(&self.tls_plain_refused),
+            ),
+            (
+                "didgate_tls_acme_challenges_answered_total",
+                "ACME validations answered (tls-alpn-01 handshakes, http-01 requests).",
+                load(&self.tls_challenges_answered),
+            ),
+            (
+                "didgate_tls_certificates_issued_total",
+                "Certificates obtained by ACME.",
+                load(&self.tls_certificates_issued),
+            ),
+            (
+                "didgate_tls_renewal_failures_total",
+                "ACME orders that failed (the current certificate is kept; retried with backoff).",
+                load(&self.tls_renewal_failures),
+            ),
+            (
+                "didgate_tls_reloads_total",
+                "Certificate files reloaded.",
+                load(&self.tls_reloads),
+            ),
+            (
+                "didgate_tls_reload_failures_total",
+                "Certificate file reloads refused (the current certificate was kept).",
+                load(&self.tls_reload_failures),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        let name = "didgate_tls_certificate_expiry_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} When the served certificate expires (Unix time; absent while there is none).\n# TYPE {name} gauge"
+        );
+        if let Some(t) = not_after {
+            let _ = writeln!(o, "{name} {t}");
+        }
+        let name = "didgate_tls_certificate_present";
+        let _ = writeln!(
+            o,
+            "# HELP {name} 1 when a certificate is served, 0 while ACME has none yet.\n# TYPE {name} gauge\n{name} {}",
+            u8::from(not_after.is_some())
+        );
     }
 }
 

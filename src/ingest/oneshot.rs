@@ -1,0 +1,61 @@
+//! One short request per connection, for the side listeners (admin, ACME `http-01`): read one
+//! head with the webhook framer under tight limits and one deadline, answer, close.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use may::net::TcpStream;
+
+use crate::ingest::http::{Frame, Framer, Head, Limits};
+
+/// Reads one request head within `timeout`. `None` when none came: the peer closed or was too
+/// slow (nothing is answered), or the request was malformed (a 400 is answered here).
+pub fn read_head(stream: &mut TcpStream, limits: Limits, timeout: Duration) -> Option<Head> {
+    let deadline = Instant::now() + timeout;
+    let _ = stream.set_write_timeout(Some(timeout));
+    let mut buf = Vec::with_capacity(1024);
+    let mut framer = Framer::new(limits);
+    loop {
+        match framer.advance(&buf) {
+            Ok((_, Some(Frame::Head(h)))) => return Some(h),
+            Ok(_) => {}
+            Err(_) => {
+                answer(stream, 400, "Bad Request", b"bad request\n", false);
+                return None;
+            }
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        stream.set_read_timeout(Some(left)).ok()?;
+        let mut chunk = [0u8; 1024];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Writes a plain-text answer and closes (`head`: a HEAD request, no body).
+pub fn answer(stream: &mut TcpStream, code: u16, reason: &str, body: &[u8], head: bool) {
+    answer_typed(
+        stream,
+        code,
+        reason,
+        "text/plain; charset=utf-8",
+        body,
+        head,
+    );
+}
+
+/// Writes an answer of `content_type` and closes.
+pub fn answer_typed(
+    stream: &mut TcpStream,
+    code: u16,
+    reason: &str,
+    content_type: &str,
+    body: &[u8],
+    head: bool,
+) {
+    let mut out = Vec::with_capacity(128 + body.len());
+    crate::ingest::response::write_plain(&mut out, code, reason, content_type, body, head);
+    let _ = stream.write_all(&out);
+}
