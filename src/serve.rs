@@ -608,12 +608,20 @@ fn announce(
     // A closed stdout (a reader that went away) must not take the gateway down: lines that
     // cannot be written are dropped.
     let mut out = std::io::stdout().lock();
-    let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
     let _ = writeln!(
         out,
-        "didgate: listening ({scheme}) on {local}, data in {}",
+        "didgate: listening on {local}, data in {}",
         dir.display()
     );
+    if let Some(t) = tls {
+        let source = match &t.source {
+            crate::tls::Source::Files { cert, .. } => format!("from {}", cert.display()),
+            crate::tls::Source::Acme(a) => {
+                format!("by ACME ({}) from {}", a.challenge.name(), a.directory)
+            }
+        };
+        let _ = writeln!(out, "didgate: HTTPS, certificate {source}");
+    }
     if let Some(a) = admin {
         let _ = writeln!(
             out,

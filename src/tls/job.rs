@@ -95,13 +95,7 @@ fn modified(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-fn watch_files(
-    rx: &Receiver<Command>,
-    state: &State,
-    cert: &Path,
-    key: &Path,
-    every: Duration,
-) {
+fn watch_files(rx: &Receiver<Command>, state: &State, cert: &Path, key: &Path, every: Duration) {
     let stamp = || (modified(cert), modified(key));
     let mut seen = stamp();
     loop {

@@ -13,3 +13,4 @@ mod ingest;
 mod powercut;
 mod reader;
 mod reliability;
+mod tls;

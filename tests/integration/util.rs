@@ -548,7 +548,7 @@ pub fn serve_command(data: &Path) -> Command {
 pub fn skip_under_emulation(test: &str) -> bool {
     let emulated = std::env::var("DIDGATE_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty());
     if emulated {
-        eprintln!("{test}: skipped under emulation (it preloads a shim built for the host)");
+        eprintln!("{test}: skipped under emulation");
     }
     emulated
 }
