@@ -140,7 +140,7 @@ fn acme_error(what: &'static str) -> impl Fn(instant_acme::Error) -> String {
     move |e| format!("{what}: {e}")
 }
 
-async fn account(
+async fn load_account(
     tls_dir: &Path,
     settings: &Settings,
     ca: Option<&[u8]>,
@@ -191,16 +191,33 @@ async fn order(
     resolver: &Resolver,
     ca: Option<&[u8]>,
 ) -> Result<(String, String), String> {
-    let account = account(tls_dir, settings, ca).await?;
     let identifiers: Vec<Identifier> = settings
         .domains
         .iter()
         .map(|d| Identifier::Dns(d.clone()))
         .collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .map_err(acme_error("the CA refused the order"))?;
+    let new_order = NewOrder::new(&identifiers);
+    let account = load_account(tls_dir, settings, ca).await?;
+    let mut order = match account.new_order(&new_order).await {
+        // The CA no longer knows the stored account (deactivated, or a CA that lost its
+        // state): make a new one, once.
+        Err(instant_acme::Error::Api(p))
+            if p.r#type
+                .as_deref()
+                .is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>
+        {
+            crate::ops::log::warn(format_args!(
+                "the ACME CA does not know the stored account: creating a new one"
+            ));
+            let _ = std::fs::remove_file(tls_dir.join(ACCOUNT_FILE));
+            load_account(tls_dir, settings, ca)
+                .await?
+                .new_order(&new_order)
+                .await
+        }
+        other => other,
+    }
+    .map_err(acme_error("the CA refused the order"))?;
     let kind = match settings.challenge {
         Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
         Challenge::Http01 => ChallengeType::Http01,

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod acme;
 mod appliance;
 mod conformance;
 mod damage;

@@ -102,15 +102,13 @@ impl Server {
                 });
             }
         }
+        cmd.arg("serve");
+        // A test that needs a known port passes its own `--listen`.
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         let mut child = cmd
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--data",
-            ])
+            .args(["--admin-listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
             .stdin(Stdio::null())
