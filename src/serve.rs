@@ -194,7 +194,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     crate::ops::log::set_level(cfg.serve.log_level);
     // First, before any file is opened: a passed socket must be taken while its number is
     // still its own.
-    let passed = notify::take_listener().map_err(start_error("socket activation"))?;
+    let passed = notify::take_listeners().map_err(start_error("socket activation"))?;
     let mut signals =
         signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
             .map_err(start_error("cannot install signal handlers"))?;
@@ -250,7 +250,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         )),
         None => None,
     };
-    let listener = match passed {
+    let listener = match passed.webhooks {
         Some(l) => l,
         None => listener::bind(cfg.serve.listen, cfg.serve.listen_backlog)?,
     };
@@ -261,9 +261,19 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         Some(addr) => Some(listener::bind(addr, 64)?),
         None => None,
     };
-    let http01 = match cfg.tls.as_ref().and_then(|t| t.http_redirect) {
-        Some(addr) => Some(listener::bind(addr, 64)?),
-        None => None,
+    let http01 = match (
+        cfg.tls.as_ref().and_then(|t| t.http_redirect),
+        passed.http01,
+    ) {
+        (Some(_), Some(passed)) => Some(passed),
+        (Some(addr), None) => Some(listener::bind(addr, 64)?),
+        (None, Some(_)) => {
+            crate::ops::log::warn(format_args!(
+                "systemd passed an http01 socket but `tls.http_redirect` is not set: not serving it"
+            ));
+            None
+        }
+        (None, None) => None,
     };
     let listen_fd = listener.as_raw_fd();
     let admin_fd = admin.as_ref().map(AsRawFd::as_raw_fd);

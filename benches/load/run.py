@@ -6,6 +6,8 @@ of the box), same machine, same run, same wrk workload.
     python3 benches/load/run.py --conns 64 --seconds 30
     python3 benches/load/run.py --conns 64 --seconds 600 --idle 1000   # memory target
     python3 benches/load/run.py --bin /tmp/didgate-before --conns 64,256   # another build
+    python3 benches/load/run.py --tls --conns 256    # HTTPS: didgate vs nginx, both over TLS
+    python3 benches/load/run.py --tls --conns 16 --seconds 60 --idle 1000   # TLS memory target
 
 It builds didgate in release mode, installs wrk and nginx from Debian when missing, starts
 both servers on loopback ports of a temp directory, runs the mixed workload (70% CDR, 20%
@@ -21,6 +23,11 @@ timeout), so they stay open through the run. The RSS columns then show the memor
 case, and the last lines show whether memory is flat: the RSS at the end of each quarter of
 the run (total, and the anonymous part: the total also counts pages of the data file mapped
 by LMDB, page cache that the gateway releases every second).
+
+With --tls, nginx and didgate both serve HTTPS with the same self-signed P-256 certificate
+(made with openssl for the run) and wrk speaks TLS to both (keep-alive, so one handshake per
+connection); didgate also runs once over plain HTTP in the same run, so the table shows the
+cost of TLS next to the ratio to nginx. Idle connections are then TLS connections too.
 """
 
 import argparse
@@ -62,11 +69,11 @@ def to_ms(text):
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def wrk(port, conns, seconds, token, run_id):
+def wrk(port, conns, seconds, token, run_id, scheme="http"):
     env = {**os.environ, "DIDGATE_TOKEN": token, "DIDGATE_RUN": run_id}
     out = subprocess.run(
         ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "15s", "--latency",
-         "-s", LUA, f"http://127.0.0.1:{port}"],
+         "-s", LUA, f"{scheme}://127.0.0.1:{port}"],
         env=env, capture_output=True, text=True, check=True).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     for pct in ("50", "99"):
@@ -109,9 +116,10 @@ class IdleConnections(threading.Thread):
     """N keep-alive connections that each post one CDR, then one more every
     IDLE_REPOST_SECONDS until stopped. Counts what they sent and what was acknowledged."""
 
-    def __init__(self, port, token, count, run_id):
+    def __init__(self, port, token, count, run_id, tls=False):
         super().__init__(daemon=True)
         self.port, self.token, self.count, self.run_id = port, token, count, run_id
+        self.tls = tls
         self.sent = self.acked = 0
         self.stop = threading.Event()
         self.socks = []
@@ -136,6 +144,11 @@ class IdleConnections(threading.Thread):
         for i in range(self.count):
             sock = socket.create_connection(("127.0.0.1", self.port))
             sock.settimeout(15)
+            if self.tls:
+                import ssl
+                ctx = ssl.create_default_context()
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                sock = ctx.wrap_socket(sock, server_hostname="localhost")
             self.post(i, sock)
             self.socks.append(sock)
 
@@ -151,10 +164,12 @@ class IdleConnections(threading.Thread):
             sock.close()
 
 
-def start_didgate(data, port, token):
+def start_didgate(data, port, token, config=None):
     # The admin listener on a free port too, so a gateway already running here is no obstacle.
+    extra = ["--config", config] if config else []
     proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data", data,
-                             "--token", token, "--admin-listen", f"127.0.0.1:{free_port()}"],
+                             "--token", token, "--admin-listen", f"127.0.0.1:{free_port()}"]
+                            + extra,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         # The last start-up line (older builds printed the URLs last).
@@ -189,6 +204,8 @@ def main():
                     help="extra keep-alive connections held open during each didgate run")
     ap.add_argument("--bin", help="a didgate binary to measure instead of building this tree's "
                     "(e.g. a copy of the previous build, to compare two builds in one session)")
+    ap.add_argument("--tls", action="store_true",
+                    help="HTTPS: nginx and didgate over TLS, plus didgate plain in the same run")
     args = ap.parse_args()
     global BIN
     if args.bin:
@@ -203,6 +220,21 @@ def main():
     work = tempfile.mkdtemp(prefix="didgate-load-")
     data = os.path.join(work, "data")
     nginx_port, didgate_port = free_port(), free_port()
+    scheme, listen_ssl, tls_config = "http", "", None
+    if args.tls:
+        need("openssl", "openssl")
+        cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        scheme = "https"
+        listen_ssl = (f" ssl; ssl_certificate {cert}; ssl_certificate_key {key}; "
+                      "ssl_protocols TLSv1.2 TLSv1.3")
+        tls_config = os.path.join(work, "didgate.toml")
+        with open(tls_config, "w") as f:
+            f.write(f'[tls]\ncert = "{cert}"\nkey = "{key}"\n')
     with open(os.path.join(work, "nginx.conf"), "w") as f:
         f.write(f"""worker_processes auto;
 pid {work}/nginx.pid;
@@ -210,7 +242,7 @@ error_log {work}/nginx.err;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
-  server {{ listen 127.0.0.1:{nginx_port}; location / {{ return 200 "stored\\n"; }} }}
+  server {{ listen 127.0.0.1:{nginx_port}{listen_ssl}; location / {{ return 200 "stored\\n"; }} }}
 }}
 """)
     nginx = subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf", "-p", work, "-g", "daemon off;"])
@@ -219,16 +251,22 @@ http {{
     try:
         time.sleep(0.5)
         for c in conns:
-            base = wrk(nginx_port, c, args.seconds, token, f"n{c}-{time.time()}")
-            proc = start_didgate(data, didgate_port, token)
+            base = wrk(nginx_port, c, args.seconds, token, f"n{c}-{time.time()}", scheme)
+            plain = None
+            if args.tls:
+                proc = start_didgate(data, didgate_port, token)
+                plain = wrk(didgate_port, c, args.seconds, token, f"p{c}-{time.time()}")
+                stop_didgate(proc)
+            proc = start_didgate(data, didgate_port, token, tls_config)
             before = stored_events(data)
             sampler = Sampler(proc.pid)
             sampler.start()
-            idle = IdleConnections(didgate_port, token, args.idle, f"i{c}-{time.time()}")
+            idle = IdleConnections(didgate_port, token, args.idle, f"i{c}-{time.time()}",
+                                   args.tls)
             idle.open_all()
             idle.start()
             load_started = time.monotonic()
-            ours = wrk(didgate_port, c, args.seconds, token, f"d{c}-{time.time()}")
+            ours = wrk(didgate_port, c, args.seconds, token, f"d{c}-{time.time()}", scheme)
             idle.close()
             sampler.stop = True
             sampler.join()
@@ -244,30 +282,39 @@ http {{
                 quarters.append(f"{during[-1][0] / 1024:.0f} ({during[-1][1] / 1024:.1f})"
                                 if during else "-")
             rows.append((c, base, ours, sampler, commits, events, stored, ok, quarters,
-                         (sent, acked)))
+                         (sent, acked), plain))
     finally:
         nginx.terminate()
         nginx.wait(timeout=10)
 
     print(f"\nmixed workload, {args.seconds} s per run, wrk -t2 on the same 2 cores"
+          + (", nginx and didgate over TLS" if args.tls else "")
           + (f", plus {args.idle} idle keep-alive connections to didgate" if args.idle else "")
           + "\n")
     print("| conns | server | req/s | p50 ms | p99 ms | non-2xx | peak RSS MiB (anon) "
           "| fsyncs/s | events/commit | vs nginx | sent / acked / stored |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     all_ok = True
-    for c, base, ours, sampler, commits, events, stored, ok, _, (sent, acked) in rows:
+    kind = " (TLS)" if args.tls else ""
+    for c, base, ours, sampler, commits, events, stored, ok, _, (sent, acked), plain in rows:
         all_ok &= ok
-        print(f"| {c} | nginx return 200 | {base['rps']:.0f} | {base['p50']:.2f} | "
+        print(f"| {c} | nginx return 200{kind} | {base['rps']:.0f} | {base['p50']:.2f} | "
               f"{base['p99']:.2f} | {base['other']} | | | | 1.00 | |")
+        if plain:
+            print(f"| {c} | didgate durable, plain HTTP | {plain['rps']:.0f} | "
+                  f"{plain['p50']:.2f} | {plain['p99']:.2f} | {plain['other']} | | | | "
+                  f"{plain['rps'] / base['rps']:.2f} | |")
         per_commit = events / commits if commits else 0
-        print(f"| {c} | didgate durable | {ours['rps']:.0f} | {ours['p50']:.2f} | "
+        print(f"| {c} | didgate durable{kind} | {ours['rps']:.0f} | {ours['p50']:.2f} | "
               f"{ours['p99']:.2f} | {ours['other']} | {sampler.peak_kib / 1024:.0f} "
               f"({sampler.peak_anon_kib / 1024:.0f}) | {commits / args.seconds:.0f} | "
               f"{per_commit:.1f} | {ours['rps'] / base['rps']:.2f} | "
               f"{sent} / {acked} / {stored} {'ok' if ok else 'MISMATCH'} |")
+    if args.tls:
+        print("\ndidgate TLS / didgate plain, same run: " + ", ".join(
+            f"{r[0]} conns {r[2]['rps'] / r[10]['rps']:.2f}" for r in rows))
     print("\nRSS MiB (anonymous) at the end of each quarter of the didgate run:")
-    for c, *_, quarters, _ in rows:
+    for c, *_, quarters, _, _ in rows:
         print(f"  {c} conns: " + " / ".join(quarters))
     shutil.rmtree(work, ignore_errors=True)
     if not all_ok:

@@ -49,16 +49,43 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// The first listening socket passed by socket activation, taken over right away (before
-/// anything else can be opened on its descriptor number). `Ok(None)` when none was passed.
+/// The name (`FileDescriptorName=`) of a passed socket meant for the ACME `http-01` listener
+/// (`systemd/didgate-http01.socket`); every other passed socket is a webhook listener.
+pub const HTTP01_SOCKET_NAME: &str = "http01";
+
+/// Listening sockets passed by socket activation, by role.
+#[derive(Debug, Default)]
+pub struct Passed {
+    /// The webhook listener (the first passed socket not named [`HTTP01_SOCKET_NAME`]).
+    pub webhooks: Option<std::net::TcpListener>,
+    /// The ACME `http-01` listener.
+    pub http01: Option<std::net::TcpListener>,
+}
+
+/// The listening sockets passed by socket activation, taken over right away (before anything
+/// else can be opened on their descriptor numbers).
 ///
 /// # Errors
 /// The variables name a descriptor that is not a listening socket (a misconfigured unit, or
 /// a wrapper that closed it): refusing is safer than serving on whatever file has that number.
-pub fn take_listener() -> std::io::Result<Option<std::net::TcpListener>> {
-    let Some(&fd) = listen_fds().first() else {
-        return Ok(None);
-    };
+pub fn take_listeners() -> std::io::Result<Passed> {
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let mut names = names.split(':');
+    let mut passed = Passed::default();
+    for fd in listen_fds() {
+        let role = if names.next() == Some(HTTP01_SOCKET_NAME) {
+            &mut passed.http01
+        } else {
+            &mut passed.webhooks
+        };
+        if role.is_none() {
+            *role = Some(take_listening(fd)?);
+        }
+    }
+    Ok(passed)
+}
+
+fn take_listening(fd: RawFd) -> std::io::Result<std::net::TcpListener> {
     let mut accepting: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt on a descriptor number only reads it; the out-pointers are valid.
@@ -78,9 +105,7 @@ pub fn take_listener() -> std::io::Result<Option<std::net::TcpListener>> {
     }
     // SAFETY: systemd passed `fd` to this process (LISTEN_PID matched), it is a listening
     // socket (checked above), and nothing else in this process owns it.
-    Ok(Some(unsafe {
-        <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd)
-    }))
+    Ok(unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// Listening sockets passed by socket activation, in order; empty when none were passed to
