@@ -332,6 +332,39 @@ fn a_rotated_certificate_is_served_after_sighup_or_a_file_change_and_a_bad_one_i
 }
 
 #[test]
+fn an_expired_certificate_fails_readyz_and_shows_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+    let config = write_config(
+        dir.path(),
+        "didgate.toml",
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            dir.path().join("c.pem").to_str().unwrap(),
+            dir.path().join("k.pem").to_str().unwrap()
+        ),
+    );
+    let s = Server::start(&dir.path().join("data"), &["--config", &config]);
+    let r = s.admin_get("/readyz");
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body.contains("the TLS certificate has expired"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        metric(&s, "didgate_tls_certificate_expiry_seconds"),
+        Some(1_609_459_200.0)
+    );
+}
+
+#[test]
 fn a_certificate_that_does_not_load_stops_the_start_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
