@@ -29,6 +29,7 @@ fn pipeline(c: &mut Criterion) {
         Arc::default(),
         Arc::default(),
         Default::default(),
+        None,
     )
     .unwrap();
     let round = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -43,6 +43,8 @@ pub struct Config {
     pub retention: Policy,
     /// HTTPS on the webhook listener; `None`: plain HTTP.
     pub tls: Option<crate::tls::Settings>,
+    /// The recordings archive.
+    pub recordings: crate::archive::Settings,
 }
 
 /// The TOML file, as written. Every key is optional; unknown keys are errors.
@@ -84,6 +86,7 @@ struct FileConfig {
     durability: Option<String>,
     sync_interval: Option<String>,
     tls: Option<tls::TlsFile>,
+    recordings: Option<recordings::RecordingsFile>,
 }
 
 /// What the command line said; each `Some` overrides the file.
@@ -261,12 +264,14 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<IpNet>, Error>>()?;
+        let data_dir = flags
+            .data_dir
+            .clone()
+            .or(f.data_dir.clone())
+            .unwrap_or_else(default_data_dir);
         Ok(Config {
-            data_dir: flags
-                .data_dir
-                .clone()
-                .or(f.data_dir.clone())
-                .unwrap_or_else(default_data_dir),
+            recordings: recordings::section(f.recordings.as_ref(), &data_dir)?,
+            data_dir,
             token,
             previous_token,
             allow_from,
@@ -364,6 +369,7 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
             interval(w.durability) != interval(x.durability),
         ),
         ("tls", a.tls != b.tls),
+        ("recordings", a.recordings != b.recordings),
     ];
     keys.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect()
 }
@@ -608,6 +614,7 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
+mod recordings;
 mod tls;
 
 #[cfg(test)]

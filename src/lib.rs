@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod event;

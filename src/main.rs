@@ -66,6 +66,54 @@ enum Command {
     /// `serve` prints them only to a terminal, never to a log. The token is the configured
     /// one, else the one kept in the data directory; the port is the configured `listen`.
     Urls(UrlsArgs),
+    /// List the recordings' archive state (pending, fetched, failed, expired, gone,
+    /// suspicious), oldest first; `recordings retry` puts them back on the work list.
+    Recordings(RecordingsArgs),
+    /// Write a call's archived recording (mp3) to a file, or to stdout when piped.
+    ///
+    /// Exit status 1 when the call has no archived recording (the message says its state).
+    Recording(RecordingArgs),
+}
+
+#[derive(Args)]
+struct RecordingsArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Only recordings in this state.
+    #[arg(long, value_name = "S")]
+    state: Option<String>,
+    /// Only recordings stored at or after this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_name = "T")]
+    since: Option<String>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    action: Option<RecordingsAction>,
+}
+
+#[derive(Subcommand)]
+enum RecordingsAction {
+    /// Put recordings back on the work list, due now (after a network outage, within the
+    /// URLs' life). Runs beside a running `serve`.
+    Retry {
+        /// Every recording in state `failed`.
+        #[arg(long)]
+        failed: bool,
+        /// These recordings (sequence numbers, as `recordings` lists them).
+        seqs: Vec<u64>,
+    },
+}
+
+#[derive(Args)]
+struct RecordingArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The call's `callid`.
+    callid: String,
+    /// Write to this file instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -336,7 +384,33 @@ fn main() -> ExitCode {
         Command::Check(a) => read(&a.data, |store, out| cli::check::run(store, a.json, out)),
         Command::Prune(a) => in_data_dir(&a.data, |dir, out| cli::prune::run(dir, &a.before, out)),
         Command::Backup(a) => in_data_dir(&a.data, |dir, out| {
-            cli::backup::run(&cli::open(dir)?, dir, &a.path, out)
+            // The archive's directory may be configured elsewhere than DATA/recordings.
+            let archive = match &a.data.config {
+                Some(_) => {
+                    Config::load(&a.data.flags())
+                        .map_err(|e| cli::Error::Usage(e.to_string()))?
+                        .recordings
+                        .dir
+                }
+                None => dir.join("recordings"),
+            };
+            cli::backup::run(&cli::open(dir)?, dir, &archive, &a.path, out)
+        }),
+        Command::Recordings(a) => match &a.action {
+            Some(RecordingsAction::Retry { failed, seqs }) => in_data_dir(&a.data, |dir, out| {
+                cli::recordings::retry(dir, *failed, seqs, out)
+            }),
+            None => read(&a.data, |store, out| {
+                let args = cli::recordings::ListArgs {
+                    state: a.state.clone(),
+                    since: a.since.clone(),
+                    json: a.json,
+                };
+                cli::recordings::list(store, &args, out)
+            }),
+        },
+        Command::Recording(a) => read(&a.data, |store, out| {
+            cli::recordings::fetch_file(store, &a.callid, a.output.as_ref(), out)
         }),
         Command::Quarantine(a) => read(&a.data, |store, out| match &a.action {
             None | Some(QuarantineAction::List) => cli::quarantine::list(store, out),

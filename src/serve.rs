@@ -278,12 +278,19 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     let listen_fd = listener.as_raw_fd();
     let admin_fd = admin.as_ref().map(AsRawFd::as_raw_fd);
     let http01_fd = http01.as_ref().map(AsRawFd::as_raw_fd);
+    let (archiver, link) = if cfg.recordings.enabled {
+        let (archiver, link) = start_archiver(&cfg, metrics.clone())?;
+        (Some(archiver), Some(link))
+    } else {
+        (None, None)
+    };
     let (writer, queue) = Writer::spawn(
         store,
         cfg.writer.clone(),
         metrics.clone(),
         health.clone(),
         cfg.retention.clone(),
+        link,
     )
     .map_err(start_error("cannot start the writer thread"))?;
     let deadlines = Deadlines::start().map_err(start_error("cannot start the deadline thread"))?;
@@ -385,6 +392,16 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
                     job.reload();
                 }
                 if let Some(new) = reload(&flags, &cfg, &mut token, &gateway, &writer) {
+                    if let Some(a) = &archiver {
+                        // The archive's disk limits apply live, like the store's floor.
+                        let l = &a.limits;
+                        l.min_free_disk_bytes
+                            .store(new.writer.min_free_disk_bytes, Ordering::Relaxed);
+                        l.disk_margin_bytes
+                            .store(new.recordings.disk_margin_bytes, Ordering::Relaxed);
+                        let quota = new.recordings.max_archive_bytes.unwrap_or(u64::MAX);
+                        l.max_archive_bytes.store(quota, Ordering::Relaxed);
+                    }
                     cfg = new;
                 }
             }
@@ -429,6 +446,9 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let unfinished = gateway.in_flight.load(Ordering::SeqCst);
+    if let Some(a) = archiver {
+        a.stop();
+    }
     let result = writer.stop();
     crate::ops::log::info(format_args!(
         "stopped: {} commits, {} events written this run ({} duplicates, {} quarantined), {} unfinished requests",
@@ -439,6 +459,39 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         unfinished
     ));
     result.map_err(Error::Fatal)
+}
+
+/// Starts the recordings archiver, saying loudly when its fetch policy is opened up.
+fn start_archiver(
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<(crate::archive::Archiver, crate::archive::Link), Error> {
+    use crate::archive::policy::PrivateAddresses;
+    let r = &cfg.recordings;
+    if r.policy.allow_http {
+        crate::ops::log::warn(format_args!(
+            "recordings: allow_http is on: recording URLs are fetched over plain HTTP too"
+        ));
+    }
+    match &r.policy.private {
+        PrivateAddresses::Deny => {}
+        PrivateAddresses::AllowAll => crate::ops::log::warn(format_args!(
+            "recordings: allow_private_addresses is on: a recording_url may make didgate fetch              from loopback and private addresses (any address a webhook names)"
+        )),
+        PrivateAddresses::Allow(nets) => crate::ops::log::warn(format_args!(
+            "recordings: allow_private_addresses lets recording URLs reach {}",
+            nets.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+    crate::archive::Archiver::start(r, cfg.writer.min_free_disk_bytes, metrics).map_err(|e| {
+        Error::Start(format!(
+            "cannot start the recordings archiver in {}: {e}",
+            r.dir.display()
+        ))
+    })
 }
 
 fn stop_listening(fd: RawFd) {

@@ -14,7 +14,13 @@ use crate::store::Store;
 ///
 /// # Errors
 /// [`Error::Usage`] when `dest` is not empty; store and I/O errors.
-pub fn run(store: &Store, data: &Path, dest: &Path, out: &mut impl Write) -> Result<()> {
+pub fn run(
+    store: &Store,
+    data: &Path,
+    archive: &Path,
+    dest: &Path,
+    out: &mut impl Write,
+) -> Result<()> {
     if dest.exists() {
         let empty = std::fs::read_dir(dest)
             .map(|mut d| d.next().is_none())
@@ -38,13 +44,59 @@ pub fn run(store: &Store, data: &Path, dest: &Path, out: &mut impl Write) -> Res
         std::fs::copy(&token, &target)?;
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))?;
     }
+    let (files, bytes) = copy_archive(archive, &dest.join("recordings"))?;
     let size = std::fs::metadata(dest.join("data.mdb")).map_or(0, |m| m.len());
     let live = std::fs::metadata(data.join("data.mdb")).map_or(0, |m| m.len());
     let mut buf = format!(
-        "backed up {} to {} ({size} bytes, compacted from {live})\n",
+        "backed up {} to {} ({size} bytes, compacted from {live}); {files} recordings ({bytes} bytes) from {}\n",
         data.display(),
-        dest.display()
+        dest.display(),
+        archive.display()
     )
     .into_bytes();
     emit(out, &mut buf)
+}
+
+/// Copies the archived recordings under `from` (not downloads in progress) to `to`, keeping
+/// their folders. Recordings archived after the store's snapshot may be copied too; ones
+/// deleted meanwhile are skipped. Returns the files and bytes copied.
+fn copy_archive(from: &Path, to: &Path) -> Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    let mut stack = vec![from.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if e.file_name() == crate::archive::PARTIAL_DIR {
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(from) else {
+                continue;
+            };
+            let target = to.join(rel);
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() => {
+                    if let Some(parent) = target.parent() {
+                        std::fs::DirBuilder::new()
+                            .recursive(true)
+                            .mode(0o750)
+                            .create(parent)?;
+                    }
+                    match std::fs::copy(&path, &target) {
+                        Ok(n) => {
+                            files += 1;
+                            bytes += n;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((files, bytes))
 }

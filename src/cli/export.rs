@@ -71,7 +71,7 @@ pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
     let mut buf = Vec::new();
     match args.format {
         Format::Jsonl => range.each_chunk(store, |events| {
-            tail::print(events, args.raw, &mut buf);
+            tail::print(store, events, args.raw, &mut buf);
             emit(out, &mut buf)
         }),
         Format::Csv => {

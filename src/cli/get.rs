@@ -26,6 +26,6 @@ pub fn run(store: &Store, callid: &str, raw: bool, out: &mut impl Write) -> Resu
         return Err(Error::NoMatch(format!("no events for call {callid:?}")));
     }
     let mut buf = Vec::new();
-    tail::print(&events, raw, &mut buf);
+    tail::print(store, &events, raw, &mut buf);
     emit(out, &mut buf)
 }

@@ -12,6 +12,7 @@ pub mod export;
 pub mod get;
 pub mod prune;
 pub mod quarantine;
+pub mod recordings;
 pub mod render;
 pub mod stats;
 pub mod tail;

@@ -12,6 +12,7 @@ use crate::event::BodyFormat;
 use crate::ingest::decode::form::Form;
 use crate::ingest::decode::json::{StringState, strip_bom};
 
+use crate::archive::record::ArchiveRecord;
 use crate::store::StoredEvent;
 use crate::timestamp;
 use serde::Deserializer as _;
@@ -39,8 +40,9 @@ pub fn documented_fields(kind: &str) -> &'static [&'static str] {
     }
 }
 
-/// Appends one JSON line for `ev`.
-pub fn event_line(ev: &StoredEvent, out: &mut Vec<u8>) {
+/// Appends one JSON line for `ev`, with its recording's archive state (as stored: state,
+/// path, sha256, ...) when it has one.
+pub fn event_line(ev: &StoredEvent, archive: Option<&ArchiveRecord>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"seq\":");
     out.extend_from_slice(ev.seq.to_string().as_bytes());
     out.extend_from_slice(b",\"stored_at\":\"");
@@ -49,6 +51,10 @@ pub fn event_line(ev: &StoredEvent, out: &mut Vec<u8>) {
     json_string(&ev.kind, out);
     out.extend_from_slice(b",\"payload\":");
     payload(ev.format, &ev.body, out);
+    if let Some(a) = archive {
+        out.extend_from_slice(b",\"archive\":");
+        out.extend_from_slice(&a.encode());
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -223,7 +229,7 @@ mod tests {
 
     fn line(format: BodyFormat, body: &[u8]) -> String {
         let mut out = Vec::new();
-        event_line(&ev(format, body), &mut out);
+        event_line(&ev(format, body), None, &mut out);
         String::from_utf8(out).unwrap()
     }
 

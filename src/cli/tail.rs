@@ -48,7 +48,7 @@ pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
     last.truncate(args.lines);
     last.reverse();
     let mut buf = Vec::new();
-    print(&last, args.raw, &mut buf);
+    print(store, &last, args.raw, &mut buf);
     emit(out, &mut buf)?;
     if !args.follow {
         return Ok(());
@@ -61,7 +61,7 @@ pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
             seen = seq + 1;
             keep(r.kind)
         })?;
-        print(&page.items, args.raw, &mut buf);
+        print(store, &page.items, args.raw, &mut buf);
         emit(out, &mut buf)?;
         from = page.next.unwrap_or(seen);
         if page.next.is_none() {
@@ -70,14 +70,20 @@ pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
     }
 }
 
-/// Appends events as JSON lines, or with `raw` as the stored bodies, one per line.
-pub fn print(events: &[StoredEvent], raw: bool, buf: &mut Vec<u8>) {
+/// Appends events as JSON lines (a recording's with its archive state), or with `raw` as the
+/// stored bodies, one per line.
+pub fn print(store: &Store, events: &[StoredEvent], raw: bool, buf: &mut Vec<u8>) {
     for ev in events {
         if raw {
             buf.extend_from_slice(&ev.body);
             buf.push(b'\n');
         } else {
-            render::event_line(ev, buf);
+            let archive = if ev.kind == crate::event::Hook::Recording.name() {
+                store.archive_record(ev.seq).ok().flatten()
+            } else {
+                None
+            };
+            render::event_line(ev, archive.as_ref(), buf);
         }
     }
 }

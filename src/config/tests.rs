@@ -93,6 +93,7 @@ fn changed_keys_name_each_key_that_differs() {
         "durability",
         "sync_interval",
         "tls",
+        "recordings",
     ];
     let schema = format!("{:?}", FileConfig::default());
     for k in keys {

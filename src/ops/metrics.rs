@@ -122,6 +122,9 @@ const COMMIT_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 /// Upper bounds of the batch-size histogram, events per commit.
+/// Download time of one recording, in seconds.
+const DOWNLOAD_BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
 const BATCH_BUCKETS: [f64; 11] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
@@ -233,7 +236,34 @@ pub struct Metrics {
     pub tls_reloads: AtomicU64,
     /// Certificate file reloads refused (the current certificate was kept).
     pub tls_reload_failures: AtomicU64,
+    /// Recordings on the work list (pending, or failed with a next try): set by the writer.
+    pub archive_pending: AtomicU64,
+    /// Age in seconds of the oldest recording on the work list; 0 when none.
+    pub archive_oldest_pending_seconds: AtomicU64,
+    /// Downloads running now.
+    pub archive_in_flight: AtomicU64,
+    /// 1 while archiving is paused for disk room or the quota.
+    pub archive_paused: AtomicU64,
+    /// Bytes of the archive's files.
+    pub archive_bytes: AtomicU64,
+    /// Bytes downloaded.
+    pub archive_bytes_fetched: AtomicU64,
+    /// Outcomes of downloads, by the state they led to (`failed` split by a next try).
+    archive_outcomes: [AtomicU64; ARCHIVE_OUTCOMES.len()],
+    /// Time per download.
+    pub archive_download_seconds: Histogram<10>,
 }
+
+/// The `outcome` label values of `didgate_recordings_total`.
+const ARCHIVE_OUTCOMES: [&str; 7] = [
+    "fetched",
+    "suspicious",
+    "retrying",
+    "failed",
+    "expired",
+    "gone",
+    "pending",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -268,6 +298,14 @@ impl Default for Metrics {
             tls_renewal_failures: AtomicU64::new(0),
             tls_reloads: AtomicU64::new(0),
             tls_reload_failures: AtomicU64::new(0),
+            archive_pending: AtomicU64::new(0),
+            archive_oldest_pending_seconds: AtomicU64::new(0),
+            archive_in_flight: AtomicU64::new(0),
+            archive_paused: AtomicU64::new(0),
+            archive_bytes: AtomicU64::new(0),
+            archive_bytes_fetched: AtomicU64::new(0),
+            archive_outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            archive_download_seconds: Histogram::new(DOWNLOAD_BUCKETS),
         }
     }
 }
@@ -300,6 +338,15 @@ fn rejection_of(answer: &Answer) -> Option<Rejection> {
 }
 
 impl Metrics {
+    /// Counts one download's outcome: the state it led to, `retrying` for a failure with a
+    /// next try.
+    pub fn archive_outcome(&self, state: crate::archive::record::State, retrying: bool) {
+        let name = if retrying { "retrying" } else { state.name() };
+        if let Some(i) = ARCHIVE_OUTCOMES.iter().position(|o| *o == name) {
+            self.archive_outcomes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts one answered request, by the hook it was for (`None`: no hook).
     pub fn answered(&self, hook: Option<Hook>, answer: &Answer) {
         let status = answer.status().0;
@@ -514,7 +561,66 @@ impl Metrics {
         if let Some(not_after) = health.tls_not_after() {
             self.render_tls(&mut o, not_after);
         }
+        self.render_archive(&mut o);
         o
+    }
+
+    /// The recordings archive's series.
+    fn render_archive(&self, o: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let name = "didgate_recordings_total";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Recording downloads by outcome (retrying: failed, with a next try).\n# TYPE {name} counter"
+        );
+        for (i, outcome) in ARCHIVE_OUTCOMES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "{name}{{outcome=\"{outcome}\"}} {}",
+                load(&self.archive_outcomes[i])
+            );
+        }
+        let name = "didgate_recordings_fetched_bytes_total";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Bytes of recordings downloaded.\n# TYPE {name} counter\n{name} {}",
+            load(&self.archive_bytes_fetched)
+        );
+        self.archive_download_seconds.render(
+            o,
+            "didgate_recording_download_seconds",
+            "Time to download one recording.",
+        );
+        let gauges = [
+            (
+                "didgate_recordings_pending",
+                "Recordings waiting for a download (pending, or failed with a next try).",
+                load(&self.archive_pending),
+            ),
+            (
+                "didgate_recordings_oldest_pending_seconds",
+                "Age of the oldest recording waiting for a download (0 when none).",
+                load(&self.archive_oldest_pending_seconds),
+            ),
+            (
+                "didgate_recordings_in_flight",
+                "Recording downloads running now.",
+                load(&self.archive_in_flight),
+            ),
+            (
+                "didgate_recordings_paused",
+                "1 while archiving is paused for disk room or max_archive_bytes.",
+                load(&self.archive_paused),
+            ),
+            (
+                "didgate_recordings_archive_bytes",
+                "Bytes of the archived recordings on disk.",
+                load(&self.archive_bytes),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
     }
 
     /// The TLS block, present only when TLS is on (a missing expiry must not read as 1970).

@@ -12,6 +12,8 @@
 //! | `quarantine` | seq u64 BE (own sequence)             | reason len u16 BE, reason, record |
 //! | `counts`     | `events/K`, `day/YYYY-MM-DD/K`, `duplicates/K` | u64 BE                |
 //! | `meta`       | `schema_version`, `next_seq`, `next_qseq` | u32 BE, u64 BE, u64 BE     |
+//! | `archive`    | seq u64 BE (a recording event's)      | archive record (JSON, `archive/record.rs`) |
+//! | `archive_open` | seq u64 BE                          | next try, ms since the epoch, i64 BE |
 //!
 //! Every database the writer adds to per event is keyed by the sequence number, so a commit
 //! appends at the right edge of each tree and writes a handful of pages, not one random page
@@ -28,14 +30,14 @@ use super::{Error, Result};
 use crate::event::{self, Record};
 
 /// Version of the key layout and record format; stored in `meta` and checked on open.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Events per `callblocks` record: a call lookup reads one record per block, plus the digests
 /// of at most this many newer events.
 pub const CALL_BLOCK: u64 = 1024;
 
 /// Named databases in the environment (LMDB needs the count up front).
-pub(super) const MAX_DBS: u32 = 8;
+pub(super) const MAX_DBS: u32 = 12;
 
 /// `meta` key of the schema version.
 pub(super) const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -65,7 +67,7 @@ pub(super) struct Table {
     pub name: &'static str,
 }
 
-/// The databases of schema 2.
+/// The databases of schema 3 (2 had no `archive` and `archive_open`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Dbs {
     pub events: Table,
@@ -74,6 +76,8 @@ pub(super) struct Dbs {
     pub quarantine: Table,
     pub counts: Table,
     pub meta: Table,
+    pub archive: Table,
+    pub archive_open: Table,
 }
 
 impl Dbs {
@@ -92,6 +96,8 @@ impl Dbs {
             quarantine: table("quarantine")?,
             counts: table("counts")?,
             meta: table("meta")?,
+            archive: table("archive")?,
+            archive_open: table("archive_open")?,
         })
     }
 }

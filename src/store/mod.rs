@@ -15,6 +15,7 @@
 //! what it returns: no reader holds a transaction while it waits on output. One read
 //! transaction per thread at a time is LMDB's rule; the API never nests them.
 
+pub mod archive;
 mod check;
 mod fault;
 pub mod header;
@@ -33,7 +34,7 @@ use lmdb::{DatabaseFlags, Environment, EnvironmentFlags, Transaction};
 pub use check::CheckReport;
 pub use fault::contain_faults;
 pub use layout::{CALL_BLOCK, SCHEMA_VERSION, body_hash, callid_hash};
-pub use os::SpaceInfo;
+pub use os::{SpaceInfo, free_bytes};
 pub use read::{Counts, Quarantined, StoredEvent};
 pub use walk::Page;
 pub use write::WriteTxn;
@@ -239,6 +240,12 @@ impl Store {
                 txn.commit()?;
             }
             Some(SCHEMA_VERSION) => txn.commit()?,
+            // Schema 3 only added the archive's databases, created above.
+            Some(2) => {
+                layout::put_schema_version(&mut txn, dbs)?;
+                txn.commit()?;
+                crate::ops::log::info(format_args!("store upgraded to schema {SCHEMA_VERSION}"));
+            }
             Some(1) => {
                 txn.commit()?;
                 migrate::migrate_from_v1(&env, dbs)?;
@@ -308,7 +315,7 @@ impl Store {
                 get(&txn, meta, SCHEMA_KEY)?.ok_or_else(|| Error::Missing(dir.to_path_buf()))?;
             match schema_of(meta, found)? {
                 SCHEMA_VERSION => {}
-                1 => return Err(Error::NeedsMigration { found: 1 }),
+                found @ (1 | 2) => return Err(Error::NeedsMigration { found }),
                 found => return Err(Error::Schema { found }),
             }
         }

@@ -208,18 +208,7 @@ impl Store {
     /// # Errors
     /// `statvfs` failed.
     pub fn disk_free_bytes(&self) -> Result<u64> {
-        let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes())
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        // SAFETY: statvfs is all zeroes-valid plain data.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `path` is a valid NUL-terminated string and `st` a valid out-pointer.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return Err(Error::Io(std::io::Error::last_os_error()));
-        }
-        // The fields are 32-bit on 32-bit targets (armv7), 64-bit elsewhere.
-        #[allow(clippy::useless_conversion)]
-        let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
-        Ok(free)
+        free_bytes(&self.path).map_err(Error::Io)
     }
 
     /// Writes a consistent, compacted copy of the environment into the empty directory `dest`
@@ -300,4 +289,23 @@ pub(super) fn reader_check(env: &Environment) -> usize {
         lmdb_sys::mdb_reader_check(env.env(), &mut dead);
     }
     usize::try_from(dead).unwrap_or(0)
+}
+
+/// Free bytes for unprivileged users on the filesystem holding `path`.
+///
+/// # Errors
+/// `statvfs` failed.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    // SAFETY: statvfs is all zeroes-valid plain data.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The fields are 32-bit on 32-bit targets (armv7), 64-bit elsewhere.
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    Ok(free)
 }

@@ -27,8 +27,8 @@ const MAX_REASON_BYTES: usize = 1024;
 /// `didgate prune`, waits on LMDB's lock). Nothing it does is visible to readers, or durable,
 /// until [`WriteTxn::commit`] returns `Ok`.
 pub struct WriteTxn<'s> {
-    txn: lmdb::RwTransaction<'s>,
-    dbs: Dbs,
+    pub(super) txn: lmdb::RwTransaction<'s>,
+    pub(super) dbs: Dbs,
     /// The next sequence number when the transaction began: the blocks between it and
     /// `next_event` are completed at commit.
     first_event: u64,
@@ -189,12 +189,15 @@ impl WriteTxn<'_> {
         )
     }
 
-    /// Deletes an event with its digest, and takes it out of the counters. Its call block
-    /// goes at commit once none of the block's events is left.
+    /// Deletes an event with its digest and archive state, and takes it out of the counters.
+    /// Its call block goes at commit once none of the block's events is left. Returns the
+    /// path of its archived recording, if any: the caller removes the file once the
+    /// transaction is committed.
     ///
     /// # Errors
     /// LMDB errors; the whole transaction must then be dropped.
-    pub fn delete_event(&mut self, ev: &StoredEvent) -> Result<()> {
+    pub fn delete_event(&mut self, ev: &StoredEvent) -> Result<Option<String>> {
+        let archived = self.delete_archive(ev.seq)?.and_then(|r| r.path);
         let key = seq_key(ev.seq);
         del_if_present(&mut self.txn, self.dbs.events, &key)?;
         del_if_present(&mut self.txn, self.dbs.digests, &key)?;
@@ -202,7 +205,7 @@ impl WriteTxn<'_> {
         let day = timestamp::day_of_ms(ev.stored_at_ms);
         self.add_count(CounterKey::Events(&ev.kind).encode(), -1);
         self.add_count(CounterKey::Day(&day, &ev.kind).encode(), -1);
-        Ok(())
+        Ok(archived)
     }
 
     /// Deletes a quarantined body.

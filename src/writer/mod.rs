@@ -12,6 +12,7 @@
 //! connection on it. Why one: LMDB allows one writer at a time anyway, and group commit turns
 //! one fsync into many acknowledged events.
 
+mod archive_feed;
 pub mod dedup;
 mod housekeeping;
 mod queue;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use archive_feed::Feed;
 use dedup::Recent;
 use housekeeping::Housekeeping;
 use retention::Policy;
@@ -229,6 +231,7 @@ impl Writer {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         retention: Policy,
+        archive: Option<crate::archive::Link>,
     ) -> std::io::Result<(Writer, Queue)> {
         let (queue, rx) = Queue::bounded(settings.queue_capacity);
         let stop = Arc::new(AtomicBool::new(false));
@@ -248,7 +251,7 @@ impl Writer {
             .spawn(move || {
                 // Dropped when the thread ends, however it ends: `ended` then disconnects.
                 let _ended = ended_tx;
-                Batcher::new(store, ctx).run(&rx)
+                Batcher::new(store, ctx, archive.map(Feed::new)).run(&rx)
             })?;
         let writer = Writer {
             thread,
@@ -304,10 +307,12 @@ struct Batcher {
     /// The last stamp given: stamps never go backwards, even if the wall clock does, since
     /// readers binary-search by time.
     last_ms: i64,
+    /// The recordings archive, when it is on.
+    archive: Option<Feed>,
 }
 
 impl Batcher {
-    fn new(store: Store, ctx: Ctx) -> Batcher {
+    fn new(store: Store, ctx: Ctx, archive: Option<Feed>) -> Batcher {
         let house = Housekeeping::new(&store, &ctx);
         let recent = load_recent(&store, &ctx);
         Batcher {
@@ -319,12 +324,18 @@ impl Batcher {
             last_ms: i64::MIN,
             store,
             ctx,
+            archive,
         }
     }
 
     fn run(mut self, rx: &Receiver<Job>) -> Result<(), Fatal> {
         loop {
             self.ctx.health.beat();
+            if let Some(feed) = &mut self.archive {
+                feed.collect();
+                let now = timestamp::now_ms().max(self.last_ms);
+                feed.feed(&self.store, now, &self.ctx.metrics);
+            }
             match rx.recv_timeout(IDLE_TICK) {
                 Ok(job) => self.batch.push(job),
                 Err(RecvTimeoutError::Timeout) if self.ctx.stop.load(Ordering::SeqCst) => break,
@@ -360,6 +371,16 @@ impl Batcher {
     /// A whole tick without work: keep house. Not right after a commit, when the requests
     /// just answered are about to send their next ones.
     fn idle(&mut self, rx: &Receiver<Job>) {
+        if let Some(feed) = &mut self.archive {
+            feed.collect();
+            if feed.has_updates() && !self.ctx.health.is_disk_low() {
+                let now = timestamp::now_ms().max(self.last_ms);
+                self.last_ms = now;
+                feed.commit_alone(&self.store, now);
+                self.house.mapped = true;
+                self.house.dirty = true;
+            }
+        }
         self.house.run(&self.store, &self.ctx, rx.is_empty());
         if self
             .house
@@ -396,11 +417,27 @@ impl Batcher {
             i64::try_from(self.ctx.settings.dedup_window.as_millis()).unwrap_or(i64::MAX);
         let since = now.saturating_sub(window_ms);
         let started = Instant::now();
-        let mut result = commit_batch(&self.store, &mut self.recent, &self.batch, now, since);
+        let archive = self.archive.as_ref();
+        let mut result = commit_batch(
+            &self.store,
+            &mut self.recent,
+            &self.batch,
+            (now, since),
+            archive,
+        );
         if result.as_ref().is_err_and(store::Error::is_map_full)
             && self.house.grow(&self.store, &self.ctx)
         {
-            result = commit_batch(&self.store, &mut self.recent, &self.batch, now, since);
+            result = commit_batch(
+                &self.store,
+                &mut self.recent,
+                &self.batch,
+                (now, since),
+                archive,
+            );
+        }
+        if let Some(feed) = &mut self.archive {
+            feed.settled(result.is_ok());
         }
         // Its reads and writes went through the map, whatever the outcome.
         self.house.mapped = true;
@@ -445,6 +482,11 @@ impl Batcher {
         for (job, outcome) in self.batch.drain(..).zip(outcomes) {
             if let Outcome::Stored(_) = outcome {
                 self.ctx.metrics.stored(&job.event.kind);
+                if job.event.kind == crate::event::Hook::Recording.name()
+                    && let Some(feed) = &mut self.archive
+                {
+                    feed.wake();
+                }
             }
             self.unsynced.replies.push((job.reply, outcome));
         }
@@ -501,8 +543,8 @@ fn commit_batch(
     store: &Store,
     recent: &mut Recent,
     batch: &[Job],
-    now_ms: i64,
-    dedup_since_ms: i64,
+    (now_ms, dedup_since_ms): (i64, i64),
+    archive: Option<&Feed>,
 ) -> store::Result<Vec<Outcome>> {
     let mut txn = store.begin_write(now_ms)?;
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -526,12 +568,20 @@ fn commit_batch(
                     None => {
                         let seq = txn.append_event(&job.event, hash)?;
                         recent.insert(hash, seq);
+                        if archive.is_some()
+                            && job.event.kind == crate::event::Hook::Recording.name()
+                        {
+                            Feed::queue(&mut txn, seq, now_ms)?;
+                        }
                         Outcome::Stored(seq)
                     }
                 }
             }
         };
         outcomes.push(outcome);
+    }
+    if let Some(feed) = archive {
+        feed.write(&mut txn)?;
     }
     txn.commit()?;
     Ok(outcomes)
@@ -561,6 +611,7 @@ mod tests {
             Arc::default(),
             Arc::default(),
             Policy::default(),
+            None,
         )
         .unwrap()
     }
@@ -599,8 +650,15 @@ mod tests {
             file_headroom_bytes: want,
             ..settings(1000)
         };
-        let (writer, queue) =
-            Writer::spawn(store, s, metrics.clone(), Arc::default(), Policy::default()).unwrap();
+        let (writer, queue) = Writer::spawn(
+            store,
+            s,
+            metrics.clone(),
+            Arc::default(),
+            Policy::default(),
+            None,
+        )
+        .unwrap();
         let headroom = || metrics.file_headroom_bytes.load(Ordering::Relaxed);
         let file_len = || {
             std::fs::metadata(dir.path().join("data.mdb"))

@@ -101,8 +101,10 @@ impl Default for Cursor {
 }
 
 /// What one slice did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Slice {
+    /// Archived recordings of the deleted events: removed once the slice is committed.
+    pub files: Vec<String>,
     /// Events deleted.
     pub events_deleted: u64,
     /// Quarantined bodies deleted.
@@ -135,7 +137,7 @@ pub fn prune_slice(
                 break;
             }
             if cutoffs.expired(ev) {
-                txn.delete_event(ev)?;
+                slice.files.extend(txn.delete_event(ev)?);
                 slice.events_deleted += 1;
             }
             cursor.next_event = ev.seq + 1;
@@ -156,11 +158,26 @@ pub fn prune_slice(
         }
     }
     txn.commit()?;
+    remove_files(&slice.files);
     slice.done = events_done && quarantine_done;
     if slice.done {
         *cursor = Cursor::default();
     }
     Ok(slice)
+}
+
+/// Removes the archived recordings of deleted events. A file already gone is fine; one that
+/// cannot be removed is reported (its event is deleted: nothing refers to it any more).
+fn remove_files(files: &[String]) {
+    for f in files {
+        match std::fs::remove_file(f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => crate::ops::log::warn(format_args!(
+                "retention: cannot remove the recording {f}: {e}"
+            )),
+        }
+    }
 }
 
 /// Prunes to the end under `cutoffs`, slice after slice (used by `didgate prune`).
@@ -172,6 +189,7 @@ pub fn prune_all(store: &Store, cutoffs: &Cutoffs, now_ms: i64) -> store::Result
     let mut total = Slice::default();
     loop {
         let s = prune_slice(store, cutoffs, &mut cursor, now_ms)?;
+        total.files.extend(s.files);
         total.events_deleted += s.events_deleted;
         total.quarantined_deleted += s.quarantined_deleted;
         if s.done {

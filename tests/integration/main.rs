@@ -13,5 +13,6 @@ mod http_contract;
 mod ingest;
 mod powercut;
 mod reader;
+mod recordings;
 mod reliability;
 mod tls;
