@@ -52,6 +52,38 @@ fn due_value(seq: u64, v: &[u8]) -> Result<i64> {
     Ok(i64::from_be_bytes(bytes))
 }
 
+/// On the upgrade to schema 3: puts the recordings stored within the last seven days (a
+/// pre-signed URL lives at most that long) on the work list, so the archive also covers what
+/// arrived just before the upgrade. Returns how many.
+///
+/// # Errors
+/// LMDB errors, or damage.
+pub(super) fn queue_recent(
+    txn: &mut lmdb::RwTransaction<'_>,
+    dbs: super::Dbs,
+    now_ms: i64,
+) -> Result<u64> {
+    let since = now_ms.saturating_sub(crate::archive::url::MAX_URL_LIFE_MS);
+    let mut found = Vec::new();
+    for item in Walk::backward(txn, dbs.events, None)? {
+        let (seq, v) = item?;
+        let rec = decode_at(seq, v)?;
+        if rec.stored_at_ms < since {
+            break;
+        }
+        if rec.kind == crate::event::Hook::Recording.name() {
+            found.push(seq);
+        }
+    }
+    let record = ArchiveRecord::pending(now_ms);
+    for seq in &found {
+        let key = seq_key(*seq);
+        txn.put(dbs.archive.handle, &key, &record.encode(), WriteFlags::empty())?;
+        txn.put(dbs.archive_open.handle, &key, &now_ms.to_be_bytes(), WriteFlags::empty())?;
+    }
+    Ok(found.len() as u64)
+}
+
 impl WriteTxn<'_> {
     /// Sets an event's archive state, and keeps it on the work list while a try is scheduled.
     ///

@@ -242,9 +242,13 @@ impl Store {
             Some(SCHEMA_VERSION) => txn.commit()?,
             // Schema 3 only added the archive's databases, created above.
             Some(2) => {
+                let queued = archive::queue_recent(&mut txn, dbs, crate::timestamp::now_ms())?;
                 layout::put_schema_version(&mut txn, dbs)?;
                 txn.commit()?;
-                crate::ops::log::info(format_args!("store upgraded to schema {SCHEMA_VERSION}"));
+                crate::ops::log::info(format_args!(
+                    "store upgraded to schema {SCHEMA_VERSION}; {queued} recordings of the last \
+                     7 days queued for archiving"
+                ));
             }
             Some(1) => {
                 txn.commit()?;

@@ -433,3 +433,45 @@ fn reader_refuses_missing_store() {
         Err(Error::Missing(_))
     ));
 }
+
+#[test]
+fn a_schema_2_store_is_upgraded_with_its_recent_recordings_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = crate::timestamp::now_ms();
+    let eight_days = 8 * 24 * 3600 * 1000;
+    {
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let mut w = store.begin_write(now - eight_days).unwrap();
+        add(&mut w, &event("recording", "{\"n\":1}", None));
+        w.commit().unwrap();
+        let mut w = store.begin_write(now).unwrap();
+        add(&mut w, &event("recording", "{\"n\":2}", None));
+        add(&mut w, &event("cdr", "{\"n\":3}", None));
+        w.commit().unwrap();
+        // Back to schema 2, as the previous release left it: no archive databases.
+        let mut txn = store.env.begin_rw_txn().unwrap();
+        txn.put(
+            store.dbs.meta.handle,
+            &SCHEMA_KEY,
+            &2u32.to_be_bytes(),
+            WriteFlags::empty(),
+        )
+        .unwrap();
+        // SAFETY: no other transaction or handle of these databases is in use.
+        unsafe {
+            txn.drop_db(store.dbs.archive.handle).unwrap();
+            txn.drop_db(store.dbs.archive_open.handle).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    assert!(matches!(
+        Store::open_reader(dir.path()),
+        Err(Error::NeedsMigration { found: 2 })
+    ));
+    let store = Store::open_writer(dir.path(), MAP).unwrap();
+    assert!(store.archive_record(1).unwrap().is_none(), "older than 7 days");
+    let r = store.archive_record(2).unwrap().unwrap();
+    assert_eq!(r.state, crate::archive::record::State::Pending);
+    assert!(store.archive_record(3).unwrap().is_none(), "not a recording");
+    assert_eq!(store.archive_backlog().unwrap().0, 1);
+}
