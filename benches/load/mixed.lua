@@ -5,6 +5,8 @@
 local token = os.getenv("DIDGATE_TOKEN") or "token"
 -- Ids must be unique across runs against the same store, or later runs are all duplicates.
 local run = os.getenv("DIDGATE_RUN") or tostring(os.time())
+-- Where recording URLs point: a local file server when the archiver is measured.
+local recording_base = os.getenv("DIDGATE_RECORDING_BASE") or "https://ddl-aws-bucket.com/rec/"
 -- Globals, not locals: done() reads them from each thread with thread:get().
 counter = 0
 acked = 0
@@ -30,7 +32,7 @@ request = function()
     return wrk.format("POST", "/hooks/" .. token .. "/cdr", json_headers, body)
   elseif pick < 9 then
     local body = '{"calldate":"2026-05-12T05:17:58Z","callid":"' .. id ..
-      '","event":"recording","recording_url":"https://ddl-aws-bucket.com/rec/' .. id ..
+      '","event":"recording","recording_url":"' .. recording_base .. id ..
       '.mp3?X-Amz-Expires=604800&X-Amz-Signature=0123456789abcdef","user_id":76141}'
     return wrk.format("POST", "/hooks/" .. token .. "/recording", json_headers, body)
   else

@@ -8,6 +8,7 @@ of the box), same machine, same run, same wrk workload.
     python3 benches/load/run.py --bin /tmp/didgate-before --conns 64,256   # another build
     python3 benches/load/run.py --tls --conns 256    # HTTPS: didgate vs nginx, both over TLS
     python3 benches/load/run.py --tls --conns 16 --seconds 60 --idle 1000   # TLS memory target
+    python3 benches/load/run.py --archive --conns 256   # recordings archiver off vs on
 
 It builds didgate in release mode, installs wrk and nginx from Debian when missing, starts
 both servers on loopback ports of a temp directory, runs the mixed workload (70% CDR, 20%
@@ -28,6 +29,11 @@ With --tls, nginx and didgate both serve HTTPS with the same self-signed P-256 c
 (made with openssl for the run) and wrk speaks TLS to both (keep-alive, so one handshake per
 connection); didgate also runs once over plain HTTP in the same run, so the table shows the
 cost of TLS next to the ratio to nginx. Idle connections are then TLS connections too.
+
+didgate runs with its recordings archiver off unless --archive is given. With --archive it
+runs twice per connection count in the same run, archiver off then on, with the 20%
+recording webhooks pointing at a local file server (a 64 KiB mp3 for any path), and prints
+the on/off ratio of req/s and p99 and how many recordings were archived during the run.
 """
 
 import argparse
@@ -69,8 +75,13 @@ def to_ms(text):
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
+RECORDING_BASE = None
+
+
 def wrk(port, conns, seconds, token, run_id, scheme="http"):
     env = {**os.environ, "DIDGATE_TOKEN": token, "DIDGATE_RUN": run_id}
+    if RECORDING_BASE:
+        env["DIDGATE_RECORDING_BASE"] = RECORDING_BASE
     out = subprocess.run(
         ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "15s", "--latency",
          "-s", LUA, f"{scheme}://127.0.0.1:{port}"],
@@ -189,6 +200,37 @@ def stop_didgate(proc):
     return int(m.group(1)), int(m.group(2))
 
 
+MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 255
+
+
+def start_file_server():
+    """A local stand-in for S3: any GET gets the same 64 KiB mp3."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/mpeg")
+            self.send_header("Content-Length", str(len(MP3)))
+            self.end_headers()
+            self.wfile.write(MP3)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def archived(data):
+    out = subprocess.run([BIN, "recordings", "--state", "fetched", "--data", data],
+                         capture_output=True, text=True).stdout
+    return max(0, len(out.splitlines()) - 1)
+
+
 def stored_events(data):
     out = subprocess.run([BIN, "stats", "--json", "--data", data], capture_output=True,
                          text=True, check=True).stdout
@@ -204,6 +246,8 @@ def main():
                     help="extra keep-alive connections held open during each didgate run")
     ap.add_argument("--bin", help="a didgate binary to measure instead of building this tree's "
                     "(e.g. a copy of the previous build, to compare two builds in one session)")
+    ap.add_argument("--archive", action="store_true",
+                    help="recordings archiver off and on, same run, recordings from a local server")
     ap.add_argument("--tls", action="store_true",
                     help="HTTPS: nginx and didgate over TLS, plus didgate plain in the same run")
     args = ap.parse_args()
@@ -220,7 +264,8 @@ def main():
     work = tempfile.mkdtemp(prefix="didgate-load-")
     data = os.path.join(work, "data")
     nginx_port, didgate_port = free_port(), free_port()
-    scheme, listen_ssl, tls_config = "http", "", None
+    scheme, listen_ssl = "http", ""
+    tls_section = ""
     if args.tls:
         need("openssl", "openssl")
         cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
@@ -232,9 +277,24 @@ def main():
         scheme = "https"
         listen_ssl = (f" ssl; ssl_certificate {cert}; ssl_certificate_key {key}; "
                       "ssl_protocols TLSv1.2 TLSv1.3")
-        tls_config = os.path.join(work, "didgate.toml")
-        with open(tls_config, "w") as f:
-            f.write(f'[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+        tls_section = f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+    configs = {}
+    for name, recordings in (("off", "[recordings]\nenabled = false\n"),
+                             ("on", "[recordings]\nallow_http = true\n"
+                                    "allow_private_addresses = [\"127.0.0.1/32\"]\n"
+                                    "disk_margin_bytes = 0\n")):
+        path = os.path.join(work, f"didgate-{name}.toml")
+        with open(path, "w") as f:
+            f.write(recordings + tls_section)
+        configs[name] = path
+    global RECORDING_BASE
+    files = None
+    if args.archive:
+        files = start_file_server()
+        RECORDING_BASE = f"http://127.0.0.1:{files.server_address[1]}/rec/"
+    plain_config = os.path.join(work, "didgate-plain.toml")
+    with open(plain_config, "w") as f:
+        f.write("[recordings]\nenabled = false\n")
     with open(os.path.join(work, "nginx.conf"), "w") as f:
         f.write(f"""worker_processes auto;
 pid {work}/nginx.pid;
@@ -254,10 +314,18 @@ http {{
             base = wrk(nginx_port, c, args.seconds, token, f"n{c}-{time.time()}", scheme)
             plain = None
             if args.tls:
-                proc = start_didgate(data, didgate_port, token)
+                proc = start_didgate(data, didgate_port, token, plain_config)
                 plain = wrk(didgate_port, c, args.seconds, token, f"p{c}-{time.time()}")
                 stop_didgate(proc)
-            proc = start_didgate(data, didgate_port, token, tls_config)
+            archive_off = None
+            if args.archive:
+                proc = start_didgate(data, didgate_port, token, configs["off"])
+                archive_off = wrk(didgate_port, c, args.seconds, token, f"o{c}-{time.time()}",
+                                  scheme)
+                stop_didgate(proc)
+            before_archived = archived(data) if args.archive else 0
+            proc = start_didgate(data, didgate_port, token,
+                                 configs["on" if args.archive else "off"])
             before = stored_events(data)
             sampler = Sampler(proc.pid)
             sampler.start()
@@ -272,6 +340,7 @@ http {{
             sampler.join()
             commits, events = stop_didgate(proc)
             stored = stored_events(data) - before
+            fetched = archived(data) - before_archived if args.archive else 0
             sent, acked = ours["sent"] + idle.sent, ours["acked"] + idle.acked
             ok = acked <= stored <= sent and ours["other"] == 0
             quarters = []
@@ -282,7 +351,7 @@ http {{
                 quarters.append(f"{during[-1][0] / 1024:.0f} ({during[-1][1] / 1024:.1f})"
                                 if during else "-")
             rows.append((c, base, ours, sampler, commits, events, stored, ok, quarters,
-                         (sent, acked), plain))
+                         (sent, acked), plain, archive_off, fetched))
     finally:
         nginx.terminate()
         nginx.wait(timeout=10)
@@ -295,11 +364,16 @@ http {{
           "| fsyncs/s | events/commit | vs nginx | sent / acked / stored |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     all_ok = True
-    kind = " (TLS)" if args.tls else ""
-    for c, base, ours, sampler, commits, events, stored, ok, _, (sent, acked), plain in rows:
+    kind = (" (TLS)" if args.tls else "") + (", archiver on" if args.archive else "")
+    for (c, base, ours, sampler, commits, events, stored, ok, _, (sent, acked), plain,
+         archive_off, _) in rows:
         all_ok &= ok
         print(f"| {c} | nginx return 200{kind} | {base['rps']:.0f} | {base['p50']:.2f} | "
               f"{base['p99']:.2f} | {base['other']} | | | | 1.00 | |")
+        if archive_off:
+            print(f"| {c} | didgate durable, archiver off | {archive_off['rps']:.0f} | "
+                  f"{archive_off['p50']:.2f} | {archive_off['p99']:.2f} | "
+                  f"{archive_off['other']} | | | | {archive_off['rps'] / base['rps']:.2f} | |")
         if plain:
             print(f"| {c} | didgate durable, plain HTTP | {plain['rps']:.0f} | "
                   f"{plain['p50']:.2f} | {plain['p99']:.2f} | {plain['other']} | | | | "
@@ -313,8 +387,14 @@ http {{
     if args.tls:
         print("\ndidgate TLS / didgate plain, same run: " + ", ".join(
             f"{r[0]} conns {r[2]['rps'] / r[10]['rps']:.2f}" for r in rows))
+    if args.archive:
+        print("\narchiver on / off, same run: " + ", ".join(
+            f"{r[0]} conns req/s {r[2]['rps'] / r[11]['rps']:.2f} "
+            f"p99 {r[2]['p99'] / max(r[11]['p99'], 0.001):.2f} "
+            f"({r[12]} recordings archived during the run)" for r in rows))
+        files.shutdown()
     print("\nRSS MiB (anonymous) at the end of each quarter of the didgate run:")
-    for c, *_, quarters, _, _ in rows:
+    for c, *_, quarters, _, _, _, _ in rows:
         print(f"  {c} conns: " + " / ".join(quarters))
     shutil.rmtree(work, ignore_errors=True)
     if not all_ok:

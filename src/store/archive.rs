@@ -78,8 +78,18 @@ pub(super) fn queue_recent(
     let record = ArchiveRecord::pending(now_ms);
     for seq in &found {
         let key = seq_key(*seq);
-        txn.put(dbs.archive.handle, &key, &record.encode(), WriteFlags::empty())?;
-        txn.put(dbs.archive_open.handle, &key, &now_ms.to_be_bytes(), WriteFlags::empty())?;
+        txn.put(
+            dbs.archive.handle,
+            &key,
+            &record.encode(),
+            WriteFlags::empty(),
+        )?;
+        txn.put(
+            dbs.archive_open.handle,
+            &key,
+            &now_ms.to_be_bytes(),
+            WriteFlags::empty(),
+        )?;
     }
     Ok(found.len() as u64)
 }

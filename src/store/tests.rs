@@ -469,9 +469,15 @@ fn a_schema_2_store_is_upgraded_with_its_recent_recordings_queued() {
         Err(Error::NeedsMigration { found: 2 })
     ));
     let store = Store::open_writer(dir.path(), MAP).unwrap();
-    assert!(store.archive_record(1).unwrap().is_none(), "older than 7 days");
+    assert!(
+        store.archive_record(1).unwrap().is_none(),
+        "older than 7 days"
+    );
     let r = store.archive_record(2).unwrap().unwrap();
     assert_eq!(r.state, crate::archive::record::State::Pending);
-    assert!(store.archive_record(3).unwrap().is_none(), "not a recording");
+    assert!(
+        store.archive_record(3).unwrap().is_none(),
+        "not a recording"
+    );
     assert_eq!(store.archive_backlog().unwrap().0, 1);
 }
