@@ -21,6 +21,9 @@ use crate::store::archive::DueRecording;
 /// How often a paused archiver looks again at the disk.
 const PAUSE_CHECK: Duration = Duration::from_secs(5);
 
+/// How often a paused archiver measures the archive's size again.
+const REMEASURE_WHILE_PAUSED: Duration = Duration::from_secs(60);
+
 /// Longest a callid is kept in a file name.
 const MAX_NAME_CALLID: usize = 64;
 
@@ -121,8 +124,16 @@ impl Shared {
 /// The thread's loop: until stopped, take a due recording (unless paused), archive it.
 pub fn run(shared: &Shared, tasks: &Receiver<DueRecording>) {
     let m = &shared.metrics;
+    let mut last_measured = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         if let Some(why) = shared.pause_reason() {
+            // `didgate prune` in another process frees files this process does not hear of:
+            // while paused, the archive is measured again now and then.
+            if last_measured.elapsed() >= REMEASURE_WHILE_PAUSED {
+                last_measured = Instant::now();
+                m.archive_bytes
+                    .store(du(&shared.settings.dir), Ordering::Relaxed);
+            }
             if !shared.paused.swap(true, Ordering::Relaxed) {
                 m.archive_paused.store(1, Ordering::Relaxed);
                 crate::ops::log::warn(format_args!("archiving paused (ingest goes on): {why}"));

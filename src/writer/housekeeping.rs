@@ -350,6 +350,12 @@ impl Housekeeping {
                 ctx.metrics
                     .pruned_events
                     .fetch_add(slice.events_deleted, Ordering::Relaxed);
+                // The archive's size, as the quota sees it.
+                let _ = ctx.metrics.archive_bytes.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |b| Some(b.saturating_sub(slice.freed_bytes)),
+                );
                 if slice.events_deleted + slice.quarantined_deleted > 0 {
                     crate::ops::log::info(format_args!(
                         "retention pruned {} events and {} quarantined bodies",

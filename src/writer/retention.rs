@@ -105,6 +105,8 @@ impl Default for Cursor {
 pub struct Slice {
     /// Archived recordings of the deleted events: removed once the slice is committed.
     pub files: Vec<String>,
+    /// Bytes those files held.
+    pub freed_bytes: u64,
     /// Events deleted.
     pub events_deleted: u64,
     /// Quarantined bodies deleted.
@@ -158,7 +160,7 @@ pub fn prune_slice(
         }
     }
     txn.commit()?;
-    remove_files(&slice.files);
+    slice.freed_bytes = remove_files(&slice.files);
     slice.done = events_done && quarantine_done;
     if slice.done {
         *cursor = Cursor::default();
@@ -166,18 +168,22 @@ pub fn prune_slice(
     Ok(slice)
 }
 
-/// Removes the archived recordings of deleted events. A file already gone is fine; one that
-/// cannot be removed is reported (its event is deleted: nothing refers to it any more).
-fn remove_files(files: &[String]) {
+/// Removes the archived recordings of deleted events; returns the bytes freed. A file already
+/// gone is fine; one that cannot be removed is reported (its event is deleted: nothing refers
+/// to it any more).
+fn remove_files(files: &[String]) -> u64 {
+    let mut freed = 0;
     for f in files {
+        let size = std::fs::metadata(f).map_or(0, |m| m.len());
         match std::fs::remove_file(f) {
-            Ok(()) => {}
+            Ok(()) => freed += size,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => crate::ops::log::warn(format_args!(
                 "retention: cannot remove the recording {f}: {e}"
             )),
         }
     }
+    freed
 }
 
 /// Prunes to the end under `cutoffs`, slice after slice (used by `didgate prune`).
@@ -190,6 +196,7 @@ pub fn prune_all(store: &Store, cutoffs: &Cutoffs, now_ms: i64) -> store::Result
     loop {
         let s = prune_slice(store, cutoffs, &mut cursor, now_ms)?;
         total.files.extend(s.files);
+        total.freed_bytes += s.freed_bytes;
         total.events_deleted += s.events_deleted;
         total.quarantined_deleted += s.quarantined_deleted;
         if s.done {
