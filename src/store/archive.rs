@@ -1,6 +1,9 @@
-//! The archive's state in the store: one [`ArchiveRecord`] per recording event in `archive`,
-//! and in `archive_open` the events whose download is still to be tried, with when (the
-//! archiver's work list: a backlog of any length costs the archiver no memory).
+//! The archive's state in the store: in `archive_open` the recording events whose download is
+//! still to be tried, with when (the archiver's work list: a backlog of any length costs the
+//! archiver no memory), and in `archive` the [`ArchiveRecord`] of every recording tried at
+//! least once. A recording on the work list without a record is `pending`, never tried: the
+//! commit that stores a recording writes only its 8-byte work-list entry, the least the ingest
+//! path can add.
 //!
 //! Both are keyed by the event's sequence number and written by the writer thread (new
 //! recordings in the batch that stores them, outcomes sent by the archiver) or by `didgate
@@ -8,12 +11,12 @@
 
 use lmdb::WriteFlags;
 
-use super::layout::{decode_at, del_if_present, get, seq_key};
+use super::layout::{Table, decode_at, del_if_present, get, seq_key};
 use super::walk::{Page, Walk};
 use super::{Error, Result, Store, WriteTxn};
 use crate::archive::record::ArchiveRecord;
 
-/// A recording due for a download, with what the archiver needs of its event.
+/// A recording with what the archiver or a listing needs of its event.
 #[derive(Clone, Debug)]
 pub struct DueRecording {
     /// The event's sequence number.
@@ -52,6 +55,27 @@ fn due_value(seq: u64, v: &[u8]) -> Result<i64> {
     Ok(i64::from_be_bytes(bytes))
 }
 
+/// The archive state of `seq` inside any transaction: its record, else `pending` when it is
+/// on the work list, else none.
+fn record_in(
+    txn: &impl lmdb::Transaction,
+    archive: Table,
+    open: Table,
+    seq: u64,
+) -> Result<Option<ArchiveRecord>> {
+    let key = seq_key(seq);
+    if let Some(v) = get(txn, archive, &key)? {
+        return Ok(Some(decode(seq, v)?));
+    }
+    match get(txn, open, &key)? {
+        Some(v) => {
+            let due = due_value(seq, v)?;
+            Ok(Some(ArchiveRecord::pending(due)))
+        }
+        None => Ok(None),
+    }
+}
+
 /// On the upgrade to schema 3: puts the recordings stored within the last seven days (a
 /// pre-signed URL lives at most that long) on the work list, so the archive also covers what
 /// arrived just before the upgrade. Returns how many.
@@ -75,15 +99,8 @@ pub(super) fn queue_recent(
             found.push(seq);
         }
     }
-    let record = ArchiveRecord::pending(now_ms);
     for seq in &found {
         let key = seq_key(*seq);
-        txn.put(
-            dbs.archive.handle,
-            &key,
-            &record.encode(),
-            WriteFlags::empty(),
-        )?;
         txn.put(
             dbs.archive_open.handle,
             &key,
@@ -95,6 +112,22 @@ pub(super) fn queue_recent(
 }
 
 impl WriteTxn<'_> {
+    /// Puts a just stored recording on the work list, due at `due_ms` (its state is
+    /// `pending` until a download is tried).
+    ///
+    /// # Errors
+    /// LMDB errors; the whole transaction must then be dropped.
+    pub fn queue_archive(&mut self, seq: u64, due_ms: i64) -> Result<()> {
+        let dbs = self.dbs;
+        self.txn.put(
+            dbs.archive_open.handle,
+            &seq_key(seq),
+            &due_ms.to_be_bytes(),
+            WriteFlags::empty(),
+        )?;
+        Ok(())
+    }
+
     /// Sets an event's archive state, and keeps it on the work list while a try is scheduled.
     ///
     /// # Errors
@@ -134,13 +167,10 @@ impl WriteTxn<'_> {
     /// # Errors
     /// LMDB errors, or a damaged record.
     pub fn delete_archive(&mut self, seq: u64) -> Result<Option<ArchiveRecord>> {
-        let key = seq_key(seq);
         let dbs = self.dbs;
-        let old = match get(&self.txn, dbs.archive, &key)? {
-            Some(v) => Some(decode(seq, v)?),
-            None => None,
-        };
+        let old = record_in(&self.txn, dbs.archive, dbs.archive_open, seq)?;
         if old.is_some() {
+            let key = seq_key(seq);
             del_if_present(&mut self.txn, dbs.archive, &key)?;
             del_if_present(&mut self.txn, dbs.archive_open, &key)?;
         }
@@ -152,10 +182,7 @@ impl WriteTxn<'_> {
     /// # Errors
     /// LMDB errors, or a damaged record.
     pub fn archive_record(&self, seq: u64) -> Result<Option<ArchiveRecord>> {
-        match get(&self.txn, self.dbs.archive, &seq_key(seq))? {
-            Some(v) => Ok(Some(decode(seq, v)?)),
-            None => Ok(None),
-        }
+        record_in(&self.txn, self.dbs.archive, self.dbs.archive_open, seq)
     }
 }
 
@@ -194,41 +221,48 @@ impl Store {
                 continue;
             };
             let rec = decode_at(seq, ev)?;
-            let Some(record) = get(&txn, self.dbs.archive, &seq_key(seq))? else {
-                continue;
+            let record = match get(&txn, self.dbs.archive, &seq_key(seq))? {
+                Some(r) => decode(seq, r)?,
+                None => ArchiveRecord::pending(due),
             };
             scan.due.push(DueRecording {
                 seq,
                 stored_at_ms: rec.stored_at_ms,
                 body: rec.body.to_vec(),
-                record: decode(seq, record)?,
+                record,
             });
         }
         Ok(scan)
     }
 
-    /// How many recordings are on the work list, and when the oldest of their events was
-    /// stored.
+    /// How many recordings are on the work list (a walk of it: call it seldom).
     ///
     /// # Errors
     /// LMDB errors.
-    pub fn archive_backlog(&self) -> Result<(u64, Option<i64>)> {
+    pub fn archive_backlog(&self) -> Result<u64> {
         let txn = self.read_txn()?;
         let mut count = 0u64;
-        let mut first = None;
         for item in Walk::forward(&txn, self.dbs.archive_open, 0)? {
-            let (seq, _) = item?;
-            first.get_or_insert(seq);
+            item?;
             count += 1;
         }
-        let oldest = match first {
-            Some(seq) => match get(&txn, self.dbs.events, &seq_key(seq))? {
-                Some(v) => Some(decode_at(seq, v)?.stored_at_ms),
-                None => None,
-            },
-            None => None,
+        Ok(count)
+    }
+
+    /// When the oldest event on the work list was stored (one lookup).
+    ///
+    /// # Errors
+    /// LMDB errors, or damage.
+    pub fn archive_oldest(&self) -> Result<Option<i64>> {
+        let txn = self.read_txn()?;
+        let Some(first) = Walk::forward(&txn, self.dbs.archive_open, 0)?.next() else {
+            return Ok(None);
         };
-        Ok((count, oldest))
+        let (seq, _) = first?;
+        match get(&txn, self.dbs.events, &seq_key(seq))? {
+            Some(v) => Ok(Some(decode_at(seq, v)?.stored_at_ms)),
+            None => Ok(None),
+        }
     }
 
     /// The archive state of event `seq`.
@@ -237,14 +271,12 @@ impl Store {
     /// LMDB errors, or a damaged record.
     pub fn archive_record(&self, seq: u64) -> Result<Option<ArchiveRecord>> {
         let txn = self.read_txn()?;
-        match get(&txn, self.dbs.archive, &seq_key(seq))? {
-            Some(v) => Ok(Some(decode(seq, v)?)),
-            None => Ok(None),
-        }
+        record_in(&txn, self.dbs.archive, self.dbs.archive_open, seq)
     }
 
-    /// Like [`Store::archive_page`], each record with its event (`stored_at_ms`, body) as a
-    /// [`DueRecording`]; records whose event is gone are left out.
+    /// A page of every recording's state (records, and the never-tried `pending` ones of the
+    /// work list) with `seq >= from`, ascending, each with its event, keeping those `keep`
+    /// accepts; at most `budget` entries of each database looked at.
     ///
     /// # Errors
     /// LMDB errors, or damage.
@@ -255,31 +287,58 @@ impl Store {
         mut keep: impl FnMut(u64, &ArchiveRecord) -> bool,
     ) -> Result<Page<DueRecording>> {
         let txn = self.read_txn()?;
-        let events = self.dbs.events;
-        Page::collect(
-            Walk::forward(&txn, self.dbs.archive, from)?,
-            budget,
-            |seq, v| {
-                let record = decode(seq, v)?;
-                if !keep(seq, &record) {
-                    return Ok(None);
-                }
-                let Some(ev) = get(&txn, events, &seq_key(seq))? else {
-                    return Ok(None);
+        // Both databases, merged by key (a key in both is the record's). Where a walk stopped
+        // at its budget, the page ends at its last key: beyond it the other walk alone would
+        // skip entries.
+        let mut merged = std::collections::BTreeMap::new();
+        let mut end: Option<u64> = None;
+        for (table, is_record) in [(self.dbs.archive, true), (self.dbs.archive_open, false)] {
+            let mut looked = 0;
+            let mut last = None;
+            for item in Walk::forward(&txn, table, from)?.take(budget) {
+                let (seq, v) = item?;
+                looked += 1;
+                last = Some(seq);
+                let record = if is_record {
+                    decode(seq, v)?
+                } else {
+                    ArchiveRecord::pending(due_value(seq, v)?)
                 };
-                let rec = decode_at(seq, ev)?;
-                Ok(Some(DueRecording {
-                    seq,
-                    stored_at_ms: rec.stored_at_ms,
-                    body: rec.body.to_vec(),
-                    record,
-                }))
-            },
-        )
+                merged.entry(seq).or_insert(record);
+            }
+            if looked == budget
+                && let Some(l) = last
+            {
+                end = Some(end.map_or(l, |e| e.min(l)));
+            }
+        }
+        let mut items = Vec::new();
+        for (seq, record) in merged {
+            if end.is_some_and(|e| seq > e) {
+                break;
+            }
+            if !keep(seq, &record) {
+                continue;
+            }
+            let Some(ev) = get(&txn, self.dbs.events, &seq_key(seq))? else {
+                continue;
+            };
+            let rec = decode_at(seq, ev)?;
+            items.push(DueRecording {
+                seq,
+                stored_at_ms: rec.stored_at_ms,
+                body: rec.body.to_vec(),
+                record,
+            });
+        }
+        Ok(Page {
+            items,
+            next: end.map(|e| e + 1),
+        })
     }
 
     /// A page of archive records with `seq >= from`, ascending, at most `budget` looked at,
-    /// keeping those `keep` accepts.
+    /// keeping those `keep` accepts (records only: recordings never tried have none).
     ///
     /// # Errors
     /// LMDB errors, or a damaged record.

@@ -479,5 +479,60 @@ fn a_schema_2_store_is_upgraded_with_its_recent_recordings_queued() {
         store.archive_record(3).unwrap().is_none(),
         "not a recording"
     );
-    assert_eq!(store.archive_backlog().unwrap().0, 1);
+    assert_eq!(store.archive_backlog().unwrap(), 1);
+}
+
+#[test]
+fn archive_listings_merge_records_and_never_tried_recordings_page_by_page() {
+    use crate::archive::record::{ArchiveRecord, State};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_writer(dir.path(), MAP).unwrap();
+    let mut w = store.begin_write(1_000).unwrap();
+    for n in 1..=9u64 {
+        let seq = add(&mut w, &event("recording", &format!("{{\"n\":{n}}}"), None));
+        if n % 3 == 0 {
+            let mut r = ArchiveRecord::pending(1_000);
+            r.state = State::Fetched;
+            r.next_try_ms = None;
+            w.put_archive(seq, &r).unwrap();
+        } else {
+            w.queue_archive(seq, 1_000).unwrap();
+        }
+    }
+    w.commit().unwrap();
+    for budget in [1, 2, 4, 100] {
+        let mut seen = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = store.archive_entries(from, budget, |_, _| true).unwrap();
+            seen.extend(page.items.iter().map(|e| (e.seq, e.record.state)));
+            match page.next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        let want: Vec<(u64, State)> = (1..=9)
+            .map(|s| {
+                (
+                    s,
+                    if s % 3 == 0 {
+                        State::Fetched
+                    } else {
+                        State::Pending
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(seen, want, "budget {budget}");
+    }
+    assert_eq!(store.archive_backlog().unwrap(), 6);
+    assert_eq!(
+        store.archive_record(2).unwrap().unwrap().state,
+        State::Pending
+    );
+    let due = store.archive_due(0, 1_000, 10, 100, |s| s == 1).unwrap();
+    assert_eq!(
+        due.due.iter().map(|d| d.seq).collect::<Vec<_>>(),
+        [2, 4, 5, 7, 8]
+    );
 }
