@@ -16,11 +16,8 @@ const MAX_UPDATES_PER_COMMIT: usize = 256;
 const FEED_BUDGET: usize = 1024;
 /// Longest wait before the work list is looked at again when nothing was due.
 const FEED_IDLE: Duration = Duration::from_secs(1);
-/// How often the age of the oldest waiting recording is refreshed (one lookup).
-const OLDEST_EVERY: Duration = Duration::from_secs(5);
-/// How often the waiting recordings are counted (a walk of the work list, which may be long);
-/// in between, the count follows what the writer queues and closes.
-const COUNT_EVERY: Duration = Duration::from_secs(60);
+/// How often the backlog gauges are refreshed (a count and one lookup).
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 /// The archive as the writer thread drives it.
 pub(super) struct Feed {
@@ -29,10 +26,7 @@ pub(super) struct Feed {
     /// Where the next look at the work list continues.
     from: u64,
     feed_at: Instant,
-    oldest_at: Instant,
-    count_at: Instant,
-    /// Recordings on the work list, as last counted and followed since.
-    pending: i64,
+    backlog_at: Instant,
 }
 
 impl Feed {
@@ -42,9 +36,7 @@ impl Feed {
             updates: Vec::new(),
             from: 0,
             feed_at: Instant::now(),
-            oldest_at: Instant::now(),
-            count_at: Instant::now(),
-            pending: 0,
+            backlog_at: Instant::now(),
         }
     }
 
@@ -85,10 +77,6 @@ impl Feed {
         if self.updates.is_empty() {
             return;
         }
-        if committed {
-            let closed = self.updates.iter().filter(|u| !u.record.is_open()).count();
-            self.pending -= i64::try_from(closed).unwrap_or(0);
-        }
         for u in self.updates.drain(..) {
             self.link.busy.remove(&u.seq);
             let _ = u.done.send(committed);
@@ -98,7 +86,6 @@ impl Feed {
 
     /// A recording was stored: hand it out without waiting for the next look.
     pub fn wake(&mut self) {
-        self.pending += 1;
         self.feed_at = Instant::now();
     }
 
@@ -124,17 +111,11 @@ impl Feed {
     pub fn feed(&mut self, store: &Store, now_ms: i64, metrics: &Metrics) {
         use std::sync::atomic::Ordering::Relaxed;
         let now = Instant::now();
-        if now >= self.count_at {
-            self.count_at = now + COUNT_EVERY;
+        if now >= self.backlog_at {
+            self.backlog_at = now + BACKLOG_EVERY;
             if let Ok(count) = store.archive_backlog() {
-                self.pending = i64::try_from(count).unwrap_or(i64::MAX);
+                metrics.archive_pending.store(count, Relaxed);
             }
-        }
-        metrics
-            .archive_pending
-            .store(u64::try_from(self.pending).unwrap_or(0), Relaxed);
-        if now >= self.oldest_at {
-            self.oldest_at = now + OLDEST_EVERY;
             if let Ok(oldest) = store.archive_oldest() {
                 let age = oldest.map_or(0, |t| u64::try_from((now_ms - t) / 1000).unwrap_or(0));
                 metrics.archive_oldest_pending_seconds.store(age, Relaxed);
