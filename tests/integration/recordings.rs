@@ -147,8 +147,10 @@ fn serve(mut c: TcpStream, hits: &Mutex<HashMap<String, u32>>, slow: &AtomicBool
             respond(&mut c, "200 OK", &audio(&body), &body);
         }
         "/truncated.mp3" if n == 1 => {
+            // Half the body, then the connection ends.
             let body = mp3(1000, 4);
             respond(&mut c, "200 OK", &[("Content-Length", "1000".into())], &body[..500]);
+            return;
         }
         "/truncated.mp3" => {
             let body = mp3(1000, 4);
@@ -171,6 +173,7 @@ fn serve(mut c: TcpStream, hits: &Mutex<HashMap<String, u32>>, slow: &AtomicBool
             b"",
         ),
         "/drip.mp3" => {
+            // A byte every 100 ms for 20 s, then the connection drops.
             let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
             for _ in 0..200 {
                 if c.write_all(b"x").is_err() {
@@ -178,6 +181,7 @@ fn serve(mut c: TcpStream, hits: &Mutex<HashMap<String, u32>>, slow: &AtomicBool
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            return;
         }
         _ if p.starts_with("/slow/") => {
             let body = mp3(256 * 1024, 9);
@@ -241,13 +245,20 @@ fn settled(data: &Path, n: usize) -> bool {
             .all(|v| v["state"] != "pending" && v.get("next_try_ms").is_none())
 }
 
-const SETTLE: Duration = Duration::from_secs(60);
+/// How long the archive may take to settle: longer under emulation, where a 10 MiB download
+/// and its digests take tens of seconds.
+fn settle() -> Duration {
+    let emulated = std::env::var("DIDGATE_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty());
+    Duration::from_secs(if emulated { 300 } else { 60 })
+}
 
 #[test]
 fn every_kind_of_answer_ends_in_the_right_state() {
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3::start();
-    let cfg = config(dir.path(), "download_timeout = \"3s\"\n");
+    // Long enough for 10 MiB under emulation; the drip still ends `expired`: it outlives its
+    // 5 s URL, so no retry is left.
+    let cfg = config(dir.path(), "download_timeout = \"60s\"\n");
     let data = dir.path().join("data");
     let s = Server::start(&data, &["--config", &cfg]);
     let cases = [
@@ -262,7 +273,7 @@ fn every_kind_of_answer_ends_in_the_right_state() {
         ("text", s3.url("/text.mp3", 3600)),
         ("private", s3.url("/redirect-private.mp3", 3600)),
         ("missing", s3.url("/missing.mp3", 3600)),
-        ("drip", s3.url("/drip.mp3", 5)),
+        ("drip", s3.url("/drip.mp3", 2)),
         ("https-only", "ftp://127.0.0.1/x.mp3".to_string()),
     ];
     for (callid, url) in &cases {
@@ -272,7 +283,7 @@ fn every_kind_of_answer_ends_in_the_right_state() {
         );
     }
     assert!(
-        eventually(SETTLE, || settled(&data, cases.len())),
+        eventually(settle(), || settled(&data, cases.len())),
         "not settled: {:#?}",
         states(&data)
     );
@@ -382,7 +393,7 @@ fn a_download_killed_midway_completes_after_restart_and_callids_stay_inside() {
     s3.slow.store(false, Ordering::Relaxed);
     let s = Server::start(&data, &["--config", &cfg]);
     assert!(
-        eventually(SETTLE, || settled(&data, 1)),
+        eventually(settle(), || settled(&data, 1)),
         "{:#?}",
         states(&data)
     );
@@ -435,7 +446,7 @@ fn the_quota_pauses_archiving_not_ingest_and_a_reload_resumes_it() {
         .status,
         200
     );
-    assert!(eventually(SETTLE, || settled(&data, 1)));
+    assert!(eventually(settle(), || settled(&data, 1)));
     assert_eq!(
         s.post(
             "recording",
@@ -461,9 +472,42 @@ fn the_quota_pauses_archiving_not_ingest_and_a_reload_resumes_it() {
     config(dir.path(), "max_archive_bytes = 1000000000\n");
     s.signal(libc::SIGHUP);
     assert!(
-        eventually(SETTLE, || settled(&data, 2)),
+        eventually(settle(), || settled(&data, 2)),
         "{:#?}",
         states(&data)
     );
     assert_eq!(states(&data)["second"]["state"], "fetched");
+}
+
+#[test]
+fn a_slow_drip_is_cut_at_download_timeout_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3::start();
+    let cfg = write_config(
+        dir.path(),
+        "didgate.toml",
+        "[recordings]\nallow_http = true\nallow_private_addresses = [\"127.0.0.1/32\"]\n\
+         retry_initial = \"1h\"\ndownload_timeout = \"2s\"\ndisk_margin_bytes = 0\n",
+    );
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &["--config", &cfg]);
+    let body = recording("drip", &s3.url("/drip.mp3", 7200));
+    assert_eq!(s.post("recording", JSON, &body).status, 200);
+    // Cut at 2 s of a 20 s drip: failed, with a next try an hour later.
+    assert!(
+        eventually(settle(), || states(&data)
+            .get("drip")
+            .is_some_and(|r| r["attempts"] == 1)),
+        "{:#?}",
+        states(&data)
+    );
+    let r = &states(&data)["drip"];
+    assert_eq!(r["state"], "failed", "{r:#?}");
+    assert!(r["next_try_ms"].as_i64().is_some(), "{r:#?}");
+    assert_eq!(
+        std::fs::read_dir(data.join("recordings/.partial"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
