@@ -495,3 +495,110 @@ fn prune_and_backup_while_serving() {
     let last = export(&data).pop().unwrap();
     assert_eq!(last["seq"].as_u64().unwrap() as usize, all.len() + 1);
 }
+
+/// `didgate serve` with two passed sockets, as `didgate.socket` and `didgate-http01.socket`
+/// pass them: fd 3 named `didgate`, fd 4 named `http01` (`LISTEN_FDNAMES`).
+fn activated_pair(
+    data: &Path,
+    config: &str,
+    webhooks: &std::net::TcpListener,
+    http01: &std::net::TcpListener,
+) -> Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fds = [webhooks.as_raw_fd(), http01.as_raw_fd()];
+    let mut cmd = didgate();
+    cmd.args([
+        "serve",
+        "--admin-listen",
+        "off",
+        "--config",
+        config,
+        "--data",
+    ])
+    .arg(data)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec: each socket is first copied
+    // above fd 100 (so placing one at 3 or 4 cannot close the other), then placed with dup2,
+    // which clears CLOEXEC on the copy; setenv names this very process, as systemd does.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = [0; 2];
+            for (i, fd) in fds.iter().enumerate() {
+                high[i] = libc::fcntl(*fd, libc::F_DUPFD, 100);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, fd) in high.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as libc::c_int) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            let mut digits = [0u8; 24];
+            let mut i = digits.len() - 1;
+            let mut pid = libc::getpid() as u32;
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (pid % 10) as u8;
+                pid /= 10;
+                if pid == 0 {
+                    break;
+                }
+            }
+            libc::setenv(c"LISTEN_PID".as_ptr(), digits[i..].as_ptr().cast(), 1);
+            libc::setenv(c"LISTEN_FDS".as_ptr(), c"2".as_ptr(), 1);
+            libc::setenv(c"LISTEN_FDNAMES".as_ptr(), c"didgate:http01".as_ptr(), 1);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+#[test]
+fn socket_activation_passes_https_and_the_acme_http01_socket_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = crate::tls::TestPki::new();
+    let (cert, key) = (tmp.path().join("c.pem"), tmp.path().join("k.pem"));
+    pki.write_leaf(&cert, &key);
+    let config = write_config(
+        tmp.path(),
+        "didgate.toml",
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nhttp_redirect = \"127.0.0.1:1\"\n",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap()
+        ),
+    );
+    let webhooks = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http01 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (wa, ha) = (webhooks.local_addr().unwrap(), http01.local_addr().unwrap());
+    let data = tmp.path().join("data");
+    let mut child = activated_pair(&data, &config, &webhooks, &http01)
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.contains(&wa.to_string()), "{line}");
+    drop((webhooks, http01));
+    // The named socket is the plain ACME listener: challenges only, a webhook gets 404.
+    let mut c = Conn::open(ha);
+    c.send(&request("/hooks/x/cdr", JSON, SEED_CDR.as_bytes(), ""));
+    let r = c.response();
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.body.contains("ACME challenges only"), "{}", r.body);
+    // The other one speaks TLS.
+    let token = std::fs::read_to_string(data.join("token")).unwrap();
+    let r = crate::tls::post_tls(
+        wa,
+        crate::tls::client_config(Some(&pki.ca_der)),
+        &format!("/hooks/{}/cdr", token.trim()),
+        JSON,
+        SEED_CDR,
+    );
+    assert_eq!(r.status, 200);
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(child).success());
+}
