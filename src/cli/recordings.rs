@@ -70,7 +70,7 @@ fn line(e: &DueRecording, json: bool, buf: &mut Vec<u8>) {
     let r = &e.record;
     let callid = callid_of(&e.body).unwrap_or_default();
     if json {
-        let mut v = serde_json::to_value(r).unwrap_or_default();
+        let mut v = super::render::archive_json(r);
         if let Some(m) = v.as_object_mut() {
             m.insert("seq".into(), e.seq.into());
             m.insert(

@@ -53,9 +53,29 @@ pub fn event_line(ev: &StoredEvent, archive: Option<&ArchiveRecord>, out: &mut V
     payload(ev.format, &ev.body, out);
     if let Some(a) = archive {
         out.extend_from_slice(b",\"archive\":");
-        out.extend_from_slice(&a.encode());
+        out.extend_from_slice(archive_json(a).to_string().as_bytes());
     }
     out.extend_from_slice(b"}\n");
+}
+
+/// A recording's archive state as the reader tools show it: the stored record (times in ms
+/// since the epoch, `*_ms`) with each time also as RFC 3339 (`fetched_at`, `next_try`,
+/// `expires_at`, `updated_at`).
+pub fn archive_json(a: &ArchiveRecord) -> serde_json::Value {
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        for (ms, name) in [
+            (a.fetched_at_ms, "fetched_at"),
+            (a.next_try_ms, "next_try"),
+            (a.expires_ms, "expires_at"),
+            (Some(a.updated_ms), "updated_at"),
+        ] {
+            if let Some(ms) = ms {
+                m.insert(name.into(), timestamp::format_ms(ms).into());
+            }
+        }
+    }
+    v
 }
 
 /// Appends the payload of a body stored with `format`.

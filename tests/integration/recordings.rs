@@ -311,6 +311,13 @@ fn every_kind_of_answer_ends_in_the_right_state() {
     assert_eq!(big.len(), 10 << 20);
     assert_eq!(st["big"]["sha256"], sha256_hex(&big));
     assert_eq!(st["big"]["bytes"], 10 << 20);
+    assert!(
+        st["big"]["fetched_at"].as_str().is_some(),
+        "{:#?}",
+        st["big"]
+    );
+    assert_eq!(st["big"]["content_type"], "audio/mpeg");
+    assert!(st["flaky"]["next_try"].is_null(), "settled: no next try");
     assert_eq!(st["flaky"]["attempts"], 2);
     assert_eq!(st["throttle"]["attempts"], 2);
     assert_eq!(st["truncated"]["attempts"], 2);
