@@ -60,6 +60,10 @@ pub enum Fetch {
 /// Resolves names, then keeps only the addresses the policy allows, so a name that points at
 /// a private address (DNS rebinding included: this is the lookup the connection uses) is
 /// refused. A proxy's own address is the operator's choice and not checked.
+///
+/// The lookup runs on the calling archiver thread (the system resolver's own timeouts bound
+/// it): ureq's default resolver spawns a thread per lookup to time it out, one thread per
+/// download for nothing on a thread that exists to wait.
 #[derive(Debug)]
 struct CheckedResolver {
     policy: Arc<Policy>,
@@ -74,12 +78,28 @@ impl Resolver for CheckedResolver {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let found = self.inner.resolve(uri, config, timeout)?;
-        if self
-            .proxy_host
-            .as_deref()
-            .is_some_and(|p| Some(p) == uri.host())
-        {
+        let _ = (config, timeout);
+        let host = uri.host().ok_or(ureq::Error::HostNotFound)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("http") {
+                80
+            } else {
+                443
+            });
+        let mut found = self.inner.empty();
+        let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .map_err(|_| ureq::Error::HostNotFound)?;
+        for a in addrs {
+            if found.try_push(a).is_err() {
+                break;
+            }
+        }
+        if found.is_empty() {
+            return Err(ureq::Error::HostNotFound);
+        }
+        if self.proxy_host.as_deref().is_some_and(|p| p == host) {
             return Ok(found);
         }
         let mut kept = self.inner.empty();
