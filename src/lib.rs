@@ -14,12 +14,13 @@
 //! - [`tls`]: HTTPS on the webhook listener: certificates from files or ACME, kept current.
 //! - [`ops`]: admin listener, health, metrics, systemd notify, log, token.
 //! - [`cli`]: the reader subcommands (`tail`, `export`, `get`, `stats`, `quarantine`, ...).
-//! - [`timestamp`]: times as shown and accepted.
+//! - [`timestamp`]: times as shown and accepted; [`backoff`]: the background jobs' retry schedule.
 
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod archive;
+pub(crate) mod backoff;
 pub mod cli;
 pub mod config;
 pub mod event;

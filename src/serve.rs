@@ -351,14 +351,8 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     // After the listener is up: a tls-alpn-01 validation connects to it.
     let tls_job = match (&cfg.tls, &tls) {
         (Some(settings), Some(tls)) => Some(
-            TlsJob::start(
-                settings.clone(),
-                dir,
-                tls.resolver.clone(),
-                metrics.clone(),
-                health.clone(),
-            )
-            .map_err(start_error("cannot start the TLS thread"))?,
+            TlsJob::start(settings.clone(), dir, tls, metrics.clone(), health.clone())
+                .map_err(start_error("cannot start the TLS thread"))?,
         ),
         _ => None,
     };

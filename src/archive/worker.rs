@@ -194,8 +194,8 @@ fn lower_priority() {
     }
 }
 
-/// The event's `recording_url` and `callid`.
-fn fields(body: &[u8]) -> (Option<String>, Option<String>) {
+/// A recording event's `recording_url` and `callid`, from its JSON body.
+pub fn fields(body: &[u8]) -> (Option<String>, Option<String>) {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return (None, None);
     };
@@ -238,16 +238,9 @@ pub fn archive_one(shared: &Shared, task: &DueRecording, now: i64) -> ArchiveRec
         .archive_download_seconds
         .observe(started.elapsed().as_secs_f64());
     let retry = |mut rec: ArchiveRecord, error: String, after: Option<Duration>| {
-        let backoff = shared
-            .settings
-            .retry_initial
-            .saturating_mul(1 << rec.attempts.saturating_sub(1).min(16))
-            .min(RETRY_MAX);
-        let mut byte = [0u8; 1];
-        let _ = getrandom::fill(&mut byte);
-        let wait = after
-            .unwrap_or_default()
-            .max(backoff + backoff / 10 * u32::from(byte[0]) / 255);
+        let backoff =
+            crate::backoff::doubling(shared.settings.retry_initial, rec.attempts, RETRY_MAX);
+        let wait = after.unwrap_or_default().max(backoff);
         let next = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
         if next >= expires {
             rec.state = State::Expired;

@@ -25,8 +25,7 @@ pub struct ListArgs {
 }
 
 fn callid_of(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get("callid")?.as_str().map(str::to_string)
+    crate::archive::worker::fields(body).1
 }
 
 /// Lists the recordings' archive state, oldest first.
@@ -138,10 +137,6 @@ pub fn retry(data: &Path, failed: bool, seqs: &[u64], out: &mut impl Write) -> R
             )));
         };
         let record = ArchiveRecord {
-            state: State::Pending,
-            next_try_ms: Some(now),
-            attempts: 0,
-            updated_ms: now,
             error: old.error.map(|e| format!("before the retry: {e}")),
             ..ArchiveRecord::pending(now)
         };

@@ -2,11 +2,39 @@
 //! head with the webhook framer under tight limits and one deadline, answer, close.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use may::net::TcpStream;
 
+use crate::ops::health::Health;
+
 use crate::ingest::http::{Frame, Framer, Head, Limits};
+
+/// How long an accept loop waits after a failed accept before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Accepts until shutdown (`health` says when), serving each connection with `handle` in a
+/// coroutine of its own.
+pub fn accept_loop<S: Send + Sync + 'static>(
+    listener: may::net::TcpListener,
+    state: Arc<S>,
+    health: &Health,
+    handle: fn(TcpStream, &S),
+) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let state = state.clone();
+                // Why spawning is sound (`go!` spawns unsafely): the handlers block only on
+                // may's socket, which parks the coroutine, and keep no thread-local state.
+                may::go!(move || handle(stream, &state));
+            }
+            Err(_) if health.is_shutting_down() => return,
+            Err(_) => may::coroutine::sleep(ACCEPT_RETRY),
+        }
+    }
+}
 
 /// Reads one request head within `timeout`. `None` when none came: the peer closed or was too
 /// slow (nothing is answered), or the request was malformed (a 400 is answered here).

@@ -39,18 +39,8 @@ pub struct Admin {
 
 /// Accepts admin connections until shutdown.
 pub fn accept_loop(listener: may::net::TcpListener, admin: Arc<Admin>) {
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let admin = admin.clone();
-                // Why spawning is sound (`go!` spawns unsafely): the handler blocks only on
-                // may's socket, which parks the coroutine, and keeps no thread-local state.
-                may::go!(move || handle(stream, &admin));
-            }
-            Err(_) if admin.health.is_shutting_down() => return,
-            Err(_) => may::coroutine::sleep(Duration::from_millis(50)),
-        }
-    }
+    let health = admin.health.clone();
+    oneshot::accept_loop(listener, admin, &health, handle);
 }
 
 fn handle(mut stream: may::net::TcpStream, admin: &Admin) {

@@ -310,6 +310,14 @@ impl Default for Metrics {
     }
 }
 
+/// Writes one unlabelled series per row: its HELP and TYPE (`counter` or `gauge`) lines, then
+/// its value.
+fn series(o: &mut String, kind: &str, rows: &[(&str, &str, u64)]) {
+    for (name, help, v) in rows {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+}
+
 /// The rejection an answer stands for, if it is one.
 fn rejection_of(answer: &Answer) -> Option<Rejection> {
     use crate::ingest::http::Error as H;
@@ -487,9 +495,7 @@ impl Metrics {
                 self.rejected(Rejection::Quarantined),
             ),
         ];
-        for (name, help, v) in counters {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        }
+        series(&mut o, "counter", &counters);
         self.commit_seconds.render(
             &mut o,
             "didgate_commit_seconds",
@@ -555,9 +561,7 @@ impl Metrics {
                 health.heartbeat_ms() / 1000,
             ),
         ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        }
+        series(&mut o, "gauge", &gauges);
         if let Some(not_after) = health.tls_not_after() {
             self.render_tls(&mut o, not_after);
         }
@@ -618,9 +622,7 @@ impl Metrics {
                 load(&self.archive_bytes),
             ),
         ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        }
+        series(o, "gauge", &gauges);
     }
 
     /// The TLS block, present only when TLS is on (a missing expiry must not read as 1970).
@@ -673,9 +675,7 @@ impl Metrics {
                 load(&self.tls_reload_failures),
             ),
         ];
-        for (name, help, v) in counters {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        }
+        series(o, "counter", &counters);
         let name = "didgate_tls_certificate_expiry_seconds";
         let _ = writeln!(
             o,

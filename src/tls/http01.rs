@@ -37,18 +37,8 @@ pub struct Http01 {
 
 /// Accepts until shutdown, one coroutine per connection.
 pub fn accept_loop(listener: may::net::TcpListener, http01: Arc<Http01>) {
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let http01 = http01.clone();
-                // Why spawning is sound (`go!` spawns unsafely): the handler blocks only on
-                // may's socket, which parks the coroutine, and keeps no thread-local state.
-                may::go!(move || handle(stream, &http01));
-            }
-            Err(_) if http01.health.is_shutting_down() => return,
-            Err(_) => may::coroutine::sleep(Duration::from_millis(50)),
-        }
-    }
+    let health = http01.health.clone();
+    oneshot::accept_loop(listener, http01, &health, handle);
 }
 
 fn handle(mut stream: may::net::TcpStream, http01: &Http01) {

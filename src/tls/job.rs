@@ -39,10 +39,12 @@ impl Job {
     pub fn start(
         settings: Settings,
         data_dir: &Path,
-        resolver: Arc<Resolver>,
+        tls: &crate::tls::Tls,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> std::io::Result<Job> {
+        let resolver = tls.resolver.clone();
+        let installed = tls.installed.clone();
         let (tx, rx) = crossbeam_channel::unbounded();
         let state = State {
             resolver,
@@ -56,7 +58,7 @@ impl Job {
                 Source::Files { cert, key } => {
                     watch_files(&rx, &state, &cert, &key, settings.reload_interval);
                 }
-                Source::Acme(acme) => renew(&rx, &state, &tls_dir, &acme),
+                Source::Acme(acme) => renew(&rx, &state, &tls_dir, &acme, installed),
             })?;
         Ok(Job { tx })
     }
@@ -80,14 +82,7 @@ struct State {
 
 impl State {
     fn install(&self, loaded: &Loaded, how: &str) {
-        self.resolver.install(loaded.key.clone());
-        self.health.set_tls_not_after(Some(loaded.not_after));
-        crate::ops::log::info(format_args!(
-            "{how}: serving TLS certificate {} for {} (expires {})",
-            loaded.serial,
-            loaded.names.join(", "),
-            crate::timestamp::format_ms(loaded.not_after.saturating_mul(1000))
-        ));
+        crate::tls::install(&self.resolver, &self.health, loaded, how);
     }
 }
 
@@ -133,18 +128,15 @@ fn unix_now() -> i64 {
     crate::timestamp::now_ms() / 1000
 }
 
-/// The wait after `failures` failed orders in a row: `first` doubled per failure, capped, and
-/// spread by up to a tenth so a fleet that failed together does not retry together.
-pub fn backoff(first: Duration, failures: u32) -> Duration {
-    let doubled = first.saturating_mul(1 << failures.saturating_sub(1).min(20));
-    let capped = doubled.min(acme::RENEWAL_RETRY_MAX);
-    let mut byte = [0u8; 1];
-    let _ = getrandom::fill(&mut byte);
-    capped + capped / 10 * u32::from(byte[0]) / 255
-}
-
-fn renew(rx: &Receiver<Command>, state: &State, tls_dir: &Path, settings: &acme::Settings) {
-    let mut current = acme::stored(tls_dir, settings);
+/// Orders and renews; `current` is the certificate installed at start (the stored one, when
+/// it was still good).
+fn renew(
+    rx: &Receiver<Command>,
+    state: &State,
+    tls_dir: &Path,
+    settings: &acme::Settings,
+    mut current: Option<Loaded>,
+) {
     let mut failures = 0u32;
     let mut next = current.as_ref().map_or(0, Loaded::renew_at);
     loop {
@@ -187,7 +179,11 @@ fn renew(rx: &Receiver<Command>, state: &State, tls_dir: &Path, settings: &acme:
                     .metrics
                     .tls_renewal_failures
                     .fetch_add(1, Ordering::Relaxed);
-                let delay = backoff(settings.renewal_retry, failures);
+                let delay = crate::backoff::doubling(
+                    settings.renewal_retry,
+                    failures,
+                    acme::RENEWAL_RETRY_MAX,
+                );
                 let keeping = match &current {
                     Some(c) => format!(
                         "still serving certificate {} (expires {})",
@@ -203,20 +199,6 @@ fn renew(rx: &Receiver<Command>, state: &State, tls_dir: &Path, settings: &acme:
                 next =
                     unix_now().saturating_add(i64::try_from(delay.as_secs()).unwrap_or(i64::MAX));
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_backoff_doubles_is_capped_and_spread_by_at_most_a_tenth() {
-        let first = Duration::from_secs(60);
-        for (failures, base) in [(1, 60), (2, 120), (3, 240), (30, 6 * 3600)] {
-            let d = backoff(first, failures).as_secs();
-            assert!(d >= base && d <= base + base / 10, "{failures}: {d}");
         }
     }
 }

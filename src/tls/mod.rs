@@ -86,6 +86,26 @@ pub struct Tls {
     pub resolver: Arc<Resolver>,
     /// The handshake deadline.
     pub handshake_timeout: Duration,
+    /// The certificate installed at start, if any (the renewal job starts from it).
+    pub installed: Option<certificate::Loaded>,
+}
+
+/// Serves `loaded` to new handshakes, tells `/readyz` and `/metrics` its expiry, and logs it
+/// (`how` says why it changed).
+pub(crate) fn install(
+    resolver: &Resolver,
+    health: &Health,
+    loaded: &certificate::Loaded,
+    how: &str,
+) {
+    resolver.install(loaded.key.clone());
+    health.set_tls_not_after(Some(loaded.not_after));
+    crate::ops::log::info(format_args!(
+        "{how}: serving TLS certificate {} for {} (expires {})",
+        loaded.serial,
+        loaded.names.join(", "),
+        crate::timestamp::format_ms(loaded.not_after.saturating_mul(1000))
+    ));
 }
 
 impl Tls {
@@ -110,21 +130,16 @@ impl Tls {
                 acme::stored(&dir, acme)
             }
         };
-        health.set_tls_not_after(loaded.as_ref().map(|l| l.not_after));
-        if let Some(l) = &loaded {
-            resolver.install(l.key.clone());
-            crate::ops::log::info(format_args!(
-                "serving TLS certificate {} for {} (expires {})",
-                l.serial,
-                l.names.join(", "),
-                crate::timestamp::format_ms(l.not_after.saturating_mul(1000))
-            ));
+        match &loaded {
+            Some(l) => install(&resolver, health, l, "start"),
+            None => health.set_tls_not_after(None),
         }
         let acme_alpn = matches!(&settings.source, Source::Acme(a) if a.challenge == acme::Challenge::TlsAlpn01);
         Ok(Tls {
             config: server_config(resolver.clone(), acme_alpn)?,
             resolver,
             handshake_timeout: settings.handshake_timeout,
+            installed: loaded,
         })
     }
 }

@@ -63,14 +63,6 @@ impl Feed {
         Ok(())
     }
 
-    /// Puts a just stored recording on the work list, due at once.
-    ///
-    /// # Errors
-    /// Store errors: the transaction must be dropped.
-    pub fn queue(txn: &mut WriteTxn<'_>, seq: u64, now_ms: i64) -> store::Result<()> {
-        txn.queue_archive(seq, now_ms)
-    }
-
     /// The transaction holding the outcomes ended: tell their threads, and look at the work
     /// list again soon (new recordings, or retries scheduled).
     pub fn settled(&mut self, committed: bool) {

@@ -571,7 +571,8 @@ fn commit_batch(
                         if archive.is_some()
                             && job.event.kind == crate::event::Hook::Recording.name()
                         {
-                            Feed::queue(&mut txn, seq, now_ms)?;
+                            // On the archive's work list, due at once.
+                            txn.queue_archive(seq, now_ms)?;
                         }
                         Outcome::Stored(seq)
                     }

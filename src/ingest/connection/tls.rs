@@ -13,6 +13,7 @@ use std::time::Instant;
 use rustls::ServerConnection;
 
 use super::{Conn, End, Fill, MAX_READ_BYTES, MIN_READ_BYTES};
+use crate::ops::metrics::Metrics;
 use crate::tls::{ALPN_ACME, Tls};
 
 /// The first byte of a TLS handshake record (RFC 8446 §5.1, content type 22).
@@ -24,6 +25,21 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 const PLAIN_ON_TLS_PORT: &[u8] =
     b"this port speaks HTTPS: use the https:// URL (`didgate urls` prints it)\n";
 
+/// A read during the handshake: data goes on; the peer's end or the deadline ends it (the
+/// deadline counted).
+fn handshake_progress(fill: Fill, metrics: &Metrics) -> Result<(), End> {
+    match fill {
+        Fill::Data => Ok(()),
+        Fill::Eof => Err(End::Dead),
+        Fill::Timeout => {
+            metrics
+                .tls_handshake_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            Err(End::Dead)
+        }
+    }
+}
+
 impl Conn<'_> {
     /// Runs the handshake. `Err(End::Close)`: a plaintext request was answered 400 and the
     /// connection should linger and close; `Err(End::Dead)`: nothing more to do.
@@ -32,16 +48,8 @@ impl Conn<'_> {
         let metrics = &gateway.metrics;
         let deadline = Instant::now() + tls.handshake_timeout;
         // The first bytes tell TLS from plain HTTP sent to the wrong port.
-        match self.fill(deadline)? {
-            Fill::Data => {}
-            Fill::Eof => return Err(End::Dead),
-            Fill::Timeout => {
-                metrics
-                    .tls_handshake_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(End::Dead);
-            }
-        }
+        let fill = self.fill(deadline)?;
+        handshake_progress(fill, metrics)?;
         if self.rbuf.first() != Some(&TLS_HANDSHAKE_RECORD) {
             metrics.tls_plain_refused.fetch_add(1, Ordering::Relaxed);
             if self.rbuf.first().is_some_and(u8::is_ascii_uppercase) {
@@ -84,16 +92,8 @@ impl Conn<'_> {
             if !self.tls.as_ref().is_some_and(|s| s.is_handshaking()) {
                 break;
             }
-            match self.read_records(deadline)? {
-                Fill::Data => {}
-                Fill::Eof => return Err(End::Dead),
-                Fill::Timeout => {
-                    metrics
-                        .tls_handshake_timeouts
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(End::Dead);
-                }
-            }
+            let fill = self.read_records(deadline)?;
+            handshake_progress(fill, metrics)?;
         }
         self.send_tls(Some(deadline)).map_err(|_| End::Dead)?;
         if self.tls.as_ref().and_then(|s| s.alpn_protocol()) == Some(ALPN_ACME) {
