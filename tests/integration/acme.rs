@@ -151,17 +151,6 @@ fn acme_config(dir: &Path, pebble: &Pebble, extra_tls: &str, extra_acme: &str) -
     )
 }
 
-fn metric(s: &Server, name: &str) -> f64 {
-    s.admin_get("/metrics")
-        .body
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.parse().ok())?
-        })
-        .unwrap_or(-1.0)
-}
-
 fn stored_serial(data: &Path) -> String {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
@@ -189,14 +178,18 @@ fn tls_alpn_01_issues_a_certificate_and_a_restart_reuses_it() {
     let s = Server::start(&data, &args);
     // Not ready until the first certificate is there.
     assert!(
-        eventually(ISSUANCE, || metric(
-            &s,
-            "didgate_tls_certificates_issued_total"
-        ) == 1.0),
+        eventually(ISSUANCE, || s
+            .metric("didgate_tls_certificates_issued_total")
+            .unwrap_or(-1.0)
+            == 1.0),
         "no certificate was issued: {}",
         std::fs::read_to_string(&s.log).unwrap()
     );
-    assert!(metric(&s, "didgate_tls_acme_challenges_answered_total") >= 1.0);
+    assert!(
+        s.metric("didgate_tls_acme_challenges_answered_total")
+            .unwrap_or(-1.0)
+            >= 1.0
+    );
     assert!(eventually(PATIENCE, || s.admin_get("/readyz").status == 200));
     let serial = stored_serial(&data);
     assert_eq!(served_serial(s.addr, DOMAIN).unwrap(), serial);
@@ -217,7 +210,11 @@ fn tls_alpn_01_issues_a_certificate_and_a_restart_reuses_it() {
     assert_eq!(s.admin_get("/readyz").status, 200);
     assert_eq!(served_serial(s.addr, DOMAIN).unwrap(), serial);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(metric(&s, "didgate_tls_certificates_issued_total"), 0.0);
+    assert_eq!(
+        s.metric("didgate_tls_certificates_issued_total")
+            .unwrap_or(-1.0),
+        0.0
+    );
     assert_eq!(stored_serial(&data), serial);
     drop(pebble);
 }
@@ -238,7 +235,11 @@ fn renewal_comes_before_expiry_and_a_failed_one_keeps_the_certificate_and_retrie
     let data = dir.path().join("data");
     let listen = format!("127.0.0.1:{}", ports.tls);
     let s = Server::start(&data, &["--config", &config, "--listen", &listen]);
-    let issued = |n: f64| metric(&s, "didgate_tls_certificates_issued_total") >= n;
+    let issued = |n: f64| {
+        s.metric("didgate_tls_certificates_issued_total")
+            .unwrap_or(-1.0)
+            >= n
+    };
     assert!(eventually(ISSUANCE, || issued(1.0)), "no first certificate");
     let first = served_serial(s.addr, DOMAIN).unwrap();
     assert!(eventually(ISSUANCE, || issued(2.0)), "no renewal");
@@ -248,10 +249,10 @@ fn renewal_comes_before_expiry_and_a_failed_one_keeps_the_certificate_and_retrie
     // The CA goes away: the renewal fails, the current certificate stays, retries follow.
     drop(pebble);
     assert!(
-        eventually(ISSUANCE, || metric(
-            &s,
-            "didgate_tls_renewal_failures_total"
-        ) >= 2.0),
+        eventually(ISSUANCE, || s
+            .metric("didgate_tls_renewal_failures_total")
+            .unwrap_or(-1.0)
+            >= 2.0),
         "the failed renewal was not retried"
     );
     assert_eq!(served_serial(s.addr, DOMAIN).unwrap(), second);
@@ -287,10 +288,10 @@ fn http_01_validates_on_the_plain_listener_which_refuses_webhooks() {
     let data = dir.path().join("data");
     let s = Server::start(&data, &["--config", &config]);
     assert!(
-        eventually(ISSUANCE, || metric(
-            &s,
-            "didgate_tls_certificates_issued_total"
-        ) == 1.0),
+        eventually(ISSUANCE, || s
+            .metric("didgate_tls_certificates_issued_total")
+            .unwrap_or(-1.0)
+            == 1.0),
         "no certificate by http-01: {}",
         std::fs::read_to_string(&s.log).unwrap()
     );

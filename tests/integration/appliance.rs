@@ -283,6 +283,36 @@ fn systemd_notifications_ready_watchdog_stopping() {
     }
 }
 
+/// Sets `LISTEN_PID` to this process and `LISTEN_FDS` (and `LISTEN_FDNAMES`), as systemd does
+/// for the process it passes sockets to. Between fork and exec: no allocation, only
+/// async-signal-safe calls (setenv in the single-threaded child).
+///
+/// # Safety
+/// Only in a `pre_exec` closure of a command that sets no environment of its own.
+unsafe fn set_listen_env(fds: &std::ffi::CStr, names: Option<&std::ffi::CStr>) {
+    let mut digits = [0u8; 24];
+    let mut i = digits.len() - 1;
+    // SAFETY: getpid has no preconditions.
+    let mut pid = unsafe { libc::getpid() } as u32;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (pid % 10) as u8;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call (`digits` ends
+    // with its zeroed last byte); the caller is the child between fork and exec.
+    unsafe {
+        libc::setenv(c"LISTEN_PID".as_ptr(), digits[i..].as_ptr().cast(), 1);
+        libc::setenv(c"LISTEN_FDS".as_ptr(), fds.as_ptr(), 1);
+        if let Some(names) = names {
+            libc::setenv(c"LISTEN_FDNAMES".as_ptr(), names.as_ptr(), 1);
+        }
+    }
+}
+
 /// `didgate serve` as systemd starts it with socket activation: `listener` (if any) at fd 3,
 /// `LISTEN_PID` naming the process itself, `LISTEN_FDS=1`.
 fn activated(data: &Path, listener: Option<&std::net::TcpListener>) -> Command {
@@ -320,19 +350,7 @@ fn activated(data: &Path, listener: Option<&std::net::TcpListener>) -> Command {
                     libc::close(3);
                 }
             }
-            let mut digits = [0u8; 24];
-            let mut i = digits.len() - 1;
-            let mut pid = libc::getpid() as u32;
-            loop {
-                i -= 1;
-                digits[i] = b'0' + (pid % 10) as u8;
-                pid /= 10;
-                if pid == 0 {
-                    break;
-                }
-            }
-            libc::setenv(c"LISTEN_PID".as_ptr(), digits[i..].as_ptr().cast(), 1);
-            libc::setenv(c"LISTEN_FDS".as_ptr(), c"1".as_ptr(), 1);
+            set_listen_env(c"1", None);
             Ok(())
         });
     }
@@ -536,20 +554,7 @@ fn activated_pair(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            let mut digits = [0u8; 24];
-            let mut i = digits.len() - 1;
-            let mut pid = libc::getpid() as u32;
-            loop {
-                i -= 1;
-                digits[i] = b'0' + (pid % 10) as u8;
-                pid /= 10;
-                if pid == 0 {
-                    break;
-                }
-            }
-            libc::setenv(c"LISTEN_PID".as_ptr(), digits[i..].as_ptr().cast(), 1);
-            libc::setenv(c"LISTEN_FDS".as_ptr(), c"2".as_ptr(), 1);
-            libc::setenv(c"LISTEN_FDNAMES".as_ptr(), c"didgate:http01".as_ptr(), 1);
+            set_listen_env(c"2", Some(c"didgate:http01"));
             Ok(())
         });
     }

@@ -463,15 +463,9 @@ fn the_quota_pauses_archiving_not_ingest_and_a_reload_resumes_it() {
         .status,
         200
     );
-    let metric = |name: &str| {
-        s.admin_get("/metrics")
-            .body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
-    };
-    assert!(eventually(PATIENCE, || metric("didgate_recordings_paused")
-        .as_deref()
-        == Some("1")));
+    assert!(eventually(PATIENCE, || s
+        .metric("didgate_recordings_paused")
+        == Some(1.0)));
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(states(&data)["second"]["state"], "pending");
     assert_eq!(s.admin_get("/readyz").status, 200);

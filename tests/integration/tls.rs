@@ -192,13 +192,6 @@ fn parse_response(raw: &[u8]) -> Response {
     }
 }
 
-fn metric(s: &Server, name: &str) -> Option<f64> {
-    s.admin_get("/metrics").body.lines().find_map(|l| {
-        let (n, v) = l.split_once(' ')?;
-        (n == name).then(|| v.parse().ok())?
-    })
-}
-
 /// Polls `f` until it holds or `limit` passes.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
@@ -270,8 +263,8 @@ fn the_three_seed_webhooks_over_tls_are_stored_and_answered_200() {
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().all(|l| l.contains("https://")), "{text}");
-    assert_eq!(metric(s, "didgate_tls_handshakes_total"), Some(3.0));
-    assert!(metric(s, "didgate_tls_certificate_expiry_seconds").unwrap() > 0.0);
+    assert_eq!(s.metric("didgate_tls_handshakes_total"), Some(3.0));
+    assert!(s.metric("didgate_tls_certificate_expiry_seconds").unwrap() > 0.0);
     assert_eq!(s.admin_get("/readyz").status, 200);
 }
 
@@ -310,11 +303,9 @@ fn a_rotated_certificate_is_served_after_sighup_or_a_file_change_and_a_bad_one_i
     // A bad file: the current certificate stays, and the log says why.
     std::fs::write(&t.cert, "not a certificate").unwrap();
     s.signal(libc::SIGHUP);
-    assert!(eventually(PATIENCE, || metric(
-        s,
-        "didgate_tls_reload_failures_total"
-    )
-    .is_some_and(|v| v >= 1.0)));
+    assert!(eventually(PATIENCE, || s
+        .metric("didgate_tls_reload_failures_total")
+        .is_some_and(|v| v >= 1.0)));
     assert_eq!(served_serial(s.addr, "localhost").unwrap(), third);
     let log = std::fs::read_to_string(&s.log).unwrap();
     assert!(
@@ -359,7 +350,7 @@ fn an_expired_certificate_fails_readyz_and_shows_in_metrics() {
         r.body
     );
     assert_eq!(
-        metric(&s, "didgate_tls_certificate_expiry_seconds"),
+        s.metric("didgate_tls_certificate_expiry_seconds"),
         Some(1_609_459_200.0)
     );
 }
@@ -396,7 +387,7 @@ fn plain_http_on_the_tls_port_and_tls_on_the_plain_port_are_refused_cleanly() {
     assert_eq!(resp[0].status, 400);
     assert!(resp[0].body.contains("https://"), "{:?}", resp[0].body);
     assert!(closed);
-    assert_eq!(metric(s, "didgate_tls_plain_refused_total"), Some(1.0));
+    assert_eq!(s.metric("didgate_tls_plain_refused_total"), Some(1.0));
 
     // A ClientHello to a plain listener: a 400 in plain text, then close; no hang.
     let plain = Server::start(&t._dir.path().join("plain"), &[]);
@@ -495,12 +486,10 @@ fn stalled_and_garbage_handshakes_are_cut_and_never_starve_a_healthy_client() {
     );
     assert_eq!(r.status, 200);
     // Past the deadline every one of them has been cut: the open-connection gauge falls back.
-    assert!(eventually(PATIENCE, || metric(
-        &s,
-        "didgate_open_connections"
-    )
-    .is_some_and(|v| v < 10.0)));
-    assert!(metric(&s, "didgate_tls_handshake_timeouts_total").unwrap() >= want as f64);
+    assert!(eventually(PATIENCE, || s
+        .metric("didgate_open_connections")
+        .is_some_and(|v| v < 10.0)));
+    assert!(s.metric("didgate_tls_handshake_timeouts_total").unwrap() >= want as f64);
     drop(idle);
     let r = post_tls(s.addr, healthy, &s.path("cdr"), JSON, &cdr("healthy-after"));
     assert_eq!(r.status, 200);

@@ -181,6 +181,14 @@ impl Server {
         c.response()
     }
 
+    /// One unlabelled series' value from `/metrics`; `None` when it is not there.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.admin_get("/metrics").body.lines().find_map(|l| {
+            let (n, v) = l.split_once(' ')?;
+            (n == name).then(|| v.parse().ok())?
+        })
+    }
+
     /// GET on the admin listener.
     pub fn admin_get(&self, path: &str) -> Response {
         let mut c = Conn::open(self.admin.expect("admin listener enabled"));
