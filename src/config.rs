@@ -45,6 +45,8 @@ pub struct Config {
     pub tls: Option<crate::tls::Settings>,
     /// The recordings archive.
     pub recordings: crate::archive::Settings,
+    /// Forwarding destinations (`[[forward]]`), in the file's order.
+    pub forward: Vec<crate::forward::Destination>,
 }
 
 /// The TOML file, as written. Every key is optional; unknown keys are errors.
@@ -87,6 +89,7 @@ struct FileConfig {
     sync_interval: Option<String>,
     tls: Option<tls::TlsFile>,
     recordings: Option<recordings::RecordingsFile>,
+    forward: Option<Vec<forward::ForwardFile>>,
 }
 
 /// What the command line said; each `Some` overrides the file.
@@ -280,12 +283,13 @@ impl Config {
             writer: writer_section(&f)?,
             retention: retention_section(&f)?,
             tls: tls::section(f.tls.as_ref())?,
+            forward: forward::section(f.forward.as_deref())?,
         })
     }
 }
 
 /// Keys a reload applies at once; every other key waits for a restart.
-pub const LIVE_KEYS: [&str; 8] = [
+pub const LIVE_KEYS: [&str; 9] = [
     "token",
     "previous_token",
     "allow_from",
@@ -294,6 +298,7 @@ pub const LIVE_KEYS: [&str; 8] = [
     "quarantine_retention_days",
     "min_free_disk_bytes",
     "shutdown_timeout",
+    "forward",
 ];
 
 /// The file keys whose value differs between two configurations, in the file's order.
@@ -370,6 +375,7 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
         ),
         ("tls", a.tls != b.tls),
         ("recordings", a.recordings != b.recordings),
+        ("forward", a.forward != b.forward),
     ];
     keys.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect()
 }
@@ -614,6 +620,7 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
+mod forward;
 mod recordings;
 mod tls;
 

@@ -11,6 +11,7 @@
 //! - [`event`]: the event and its record encoding, shared by ingest, writer and store.
 //! - [`writer`]: the single writer thread: batch, dedup, commit, wake; housekeeping, retention.
 //! - [`store`]: LMDB: layout, walk, reads, the write transaction, check, migrate, OS helpers.
+//! - [`forward`]: delivery onward: `[[forward]]` destinations, retries, dead letters.
 //! - [`tls`]: HTTPS on the webhook listener: certificates from files or ACME, kept current.
 //! - [`ops`]: admin listener, health, metrics, systemd notify, log, token.
 //! - [`cli`]: the reader subcommands (`tail`, `export`, `get`, `stats`, `quarantine`, ...).
@@ -24,7 +25,9 @@ pub(crate) mod backoff;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod forward;
 pub mod ingest;
+pub(crate) mod lookup;
 pub mod ops;
 pub mod serve;
 pub mod store;

@@ -73,6 +73,147 @@ enum Command {
     ///
     /// Exit status 1 when the call has no archived recording (the message says its state).
     Recording(RecordingArgs),
+    /// Pull consumers' durable cursors (as `consume` keeps them): list, show, set, delete.
+    ///
+    /// A cursor is the last event consumed; the next batch starts after it.
+    Cursor(CursorArgs),
+    /// Feed the events after a named cursor to a command, batch by batch, at least once.
+    ///
+    /// With --exec, each batch goes as JSON lines (the export format) to the command's stdin
+    /// (`sh -c`); the cursor moves only when it exits 0, else the same batch is sent again
+    /// after a backoff. Without --exec the batches are printed, and the cursor moves only with
+    /// --commit (at most once: a reader that dies after the print loses the batch). A new
+    /// cursor starts at the oldest stored event.
+    Consume(ConsumeArgs),
+    /// Forwarding destinations: lag (events, seconds), in flight, retrying, dead letters,
+    /// last error; their dead letters, retries, pause and resume.
+    Deliveries(DeliveriesArgs),
+    /// Send the stored events of a time range to a destination again (a new destination,
+    /// or the receiver's database was restored). Runs beside a running `serve`.
+    Replay(ReplayArgs),
+    /// Pause a forwarding destination (as `deliveries pause`).
+    Pause(DestArgs),
+    /// Resume a paused forwarding destination (as `deliveries resume`).
+    Resume(DestArgs),
+}
+
+#[derive(Args)]
+struct CursorArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(subcommand)]
+    action: CursorAction,
+}
+
+#[derive(Subcommand)]
+enum CursorAction {
+    /// Every cursor: position, events behind, last move.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One cursor as a JSON object (exit 1 when there is none).
+    Show {
+        /// The consumer's name.
+        name: String,
+    },
+    /// Move a cursor: the next batch starts after event SEQ (0: from the start).
+    Set {
+        /// The consumer's name.
+        name: String,
+        /// The last event counted as consumed.
+        seq: u64,
+    },
+    /// Delete a cursor (exit 1 when there is none).
+    Delete {
+        /// The consumer's name.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct ConsumeArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The consumer's name (its cursor): 1 to 64 of A-Z a-z 0-9 _ . -
+    name: String,
+    /// Run this command (`sh -c`) per batch, the batch on its stdin.
+    #[arg(long, value_name = "CMD")]
+    exec: Option<String>,
+    /// Only events of this kind (the cursor still moves past the others).
+    #[arg(long, value_name = "K")]
+    kind: Option<String>,
+    /// Events per batch.
+    #[arg(long, value_name = "N", default_value_t = cli::consume::DEFAULT_BATCH)]
+    batch: usize,
+    /// Keep waiting for new events after catching up (stop with Ctrl-C).
+    #[arg(short, long)]
+    follow: bool,
+    /// Without --exec: move the cursor once a batch is printed (at most once).
+    #[arg(long)]
+    commit: bool,
+}
+
+#[derive(Args)]
+struct DeliveriesArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Only this destination.
+    #[arg(long, value_name = "NAME")]
+    dest: Option<String>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    action: Option<DeliveriesAction>,
+}
+
+#[derive(Subcommand)]
+enum DeliveriesAction {
+    /// The destination's dead letters, one JSON line each.
+    Dead(DestArgs),
+    /// The destination's events waiting for another try, one JSON line each.
+    Retrying(DestArgs),
+    /// Send again: dead letters (--dead, or the SEQs given), named events, or with neither
+    /// every waiting retry now. Runs beside a running `serve`.
+    Retry {
+        #[command(flatten)]
+        dest: DestArgs,
+        /// Every dead letter of the destination.
+        #[arg(long)]
+        dead: bool,
+        /// These events (sequence numbers).
+        seqs: Vec<u64>,
+    },
+    /// Stop sending to the destination (events keep arriving and wait).
+    Pause(DestArgs),
+    /// Start sending again.
+    Resume(DestArgs),
+}
+
+#[derive(Args)]
+struct DestArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The destination's name (`name` of its [[forward]]).
+    #[arg(long, value_name = "NAME")]
+    dest: String,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    dest: DestArgs,
+    /// First stamp included (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_name = "T")]
+    since: String,
+    /// First stamp excluded (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_name = "T")]
+    until: Option<String>,
+    /// Only events of this kind.
+    #[arg(long, value_name = "K")]
+    kind: Option<String>,
 }
 
 #[derive(Args)]
@@ -412,6 +553,76 @@ fn main() -> ExitCode {
         Command::Recording(a) => read(&a.data, |store, out| {
             cli::recordings::fetch_file(store, &a.callid, a.output.as_ref(), out)
         }),
+        Command::Cursor(a) => match &a.action {
+            CursorAction::List { json } => {
+                read(&a.data, |store, out| cli::cursor::list(store, *json, out))
+            }
+            CursorAction::Show { name } => {
+                read(&a.data, |store, out| cli::cursor::show(store, name, out))
+            }
+            CursorAction::Set { name, seq } => {
+                in_data_dir(&a.data, |dir, out| cli::cursor::set(dir, name, *seq, out))
+            }
+            CursorAction::Delete { name } => {
+                in_data_dir(&a.data, |dir, out| cli::cursor::delete(dir, name, out))
+            }
+        },
+        Command::Consume(a) => in_data_dir(&a.data, |dir, out| {
+            let args = cli::consume::Args {
+                name: a.name.clone(),
+                exec: a.exec.clone(),
+                kind: a.kind.clone(),
+                batch: a.batch,
+                follow: a.follow,
+                commit: a.commit,
+            };
+            cli::consume::run(dir, &args, out)
+        }),
+        Command::Deliveries(a) => match &a.action {
+            None => {
+                let configured = match &a.data.config {
+                    Some(_) => match Config::load(&a.data.flags()) {
+                        Ok(c) => Some(c.forward),
+                        Err(e) => return finish(Err(cli::Error::Usage(e.to_string()))),
+                    },
+                    None => None,
+                };
+                read(&a.data, |store, out| {
+                    cli::deliveries::list(
+                        store,
+                        configured.as_deref(),
+                        a.dest.as_deref(),
+                        a.json,
+                        out,
+                    )
+                })
+            }
+            Some(DeliveriesAction::Dead(d)) => read(&d.data, |store, out| {
+                cli::deliveries::dead(store, &d.dest, out)
+            }),
+            Some(DeliveriesAction::Retrying(d)) => read(&d.data, |store, out| {
+                cli::deliveries::retrying(store, &d.dest, out)
+            }),
+            Some(DeliveriesAction::Retry { dest, dead, seqs }) => {
+                in_data_dir(&dest.data, |dir, out| {
+                    cli::deliveries::retry(dir, &dest.dest, *dead, seqs, out)
+                })
+            }
+            Some(DeliveriesAction::Pause(d)) => pause(d, true),
+            Some(DeliveriesAction::Resume(d)) => pause(d, false),
+        },
+        Command::Replay(a) => in_data_dir(&a.dest.data, |dir, out| {
+            cli::deliveries::replay(
+                dir,
+                &a.dest.dest,
+                &a.since,
+                a.until.as_deref(),
+                a.kind.as_deref(),
+                out,
+            )
+        }),
+        Command::Pause(d) => pause(&d, true),
+        Command::Resume(d) => pause(&d, false),
         Command::Quarantine(a) => read(&a.data, |store, out| match &a.action {
             None | Some(QuarantineAction::List) => cli::quarantine::list(store, out),
             Some(QuarantineAction::Show { seq, raw }) => {
@@ -419,6 +630,13 @@ fn main() -> ExitCode {
             }
         }),
     }
+}
+
+/// `pause`/`resume` of a forwarding destination.
+fn pause(d: &DestArgs, pause: bool) -> ExitCode {
+    in_data_dir(&d.data, |dir, out| {
+        cli::deliveries::pause(dir, &d.dest, pause, out)
+    })
 }
 
 /// Opens the store read-only and runs one reader; errors are one line on stderr.

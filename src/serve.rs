@@ -284,13 +284,21 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     } else {
         (None, None)
     };
+    // Shared with the forwarder's dispatchers, which read committed events beside the writer.
+    let store = Arc::new(store);
+    let (mut forwarder, forward_link) =
+        crate::forward::Forwarder::start(store.clone(), &cfg.forward, metrics.clone())
+            .map_err(start_error("cannot start the forwarder"))?;
     let (writer, queue) = Writer::spawn(
         store,
         cfg.writer.clone(),
         metrics.clone(),
         health.clone(),
         cfg.retention.clone(),
-        link,
+        crate::writer::Background {
+            archive: link,
+            forward: Some(forward_link),
+        },
     )
     .map_err(start_error("cannot start the writer thread"))?;
     let deadlines = Deadlines::start().map_err(start_error("cannot start the deadline thread"))?;
@@ -363,7 +371,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
 
     // Signals arrive on their own thread; this one waits for them and for the writer's end.
     let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
-    let forwarder = signals.handle();
+    let signal_handle = signals.handle();
     std::thread::Builder::new()
         .name("didgate-signals".into())
         .spawn(move || {
@@ -396,13 +404,24 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
                         let quota = new.recordings.max_archive_bytes.unwrap_or(u64::MAX);
                         l.max_archive_bytes.store(quota, Ordering::Relaxed);
                     }
+                    if new.forward != cfg.forward {
+                        match forwarder.apply(&new.forward) {
+                            Ok(changes) => crate::ops::log::info(format_args!(
+                                "forwarding: {}",
+                                changes.join(", ")
+                            )),
+                            Err(e) => crate::ops::log::error(format_args!(
+                                "forwarding: cannot start a destination: {e}"
+                            )),
+                        }
+                    }
                     cfg = new;
                 }
             }
             other => break other,
         }
     };
-    forwarder.close();
+    signal_handle.close();
     let grace = match wake {
         Wake::Signal(signal) => {
             crate::ops::log::info(format_args!(
@@ -443,6 +462,8 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     if let Some(a) = archiver {
         a.stop();
     }
+    // Before the writer, which commits the dispatchers' last reports as it stops.
+    forwarder.stop();
     let result = writer.stop();
     crate::ops::log::info(format_args!(
         "stopped: {} commits, {} events written this run ({} duplicates, {} quarantined), {} unfinished requests",

@@ -79,26 +79,9 @@ impl Resolver for CheckedResolver {
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
         let _ = (config, timeout);
-        let host = uri.host().ok_or(ureq::Error::HostNotFound)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri
-            .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("http") {
-                80
-            } else {
-                443
-            });
-        let mut found = self.inner.empty();
-        let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
-            .map_err(|_| ureq::Error::HostNotFound)?;
-        for a in addrs {
-            if found.try_push(a).is_err() {
-                break;
-            }
-        }
-        if found.is_empty() {
-            return Err(ureq::Error::HostNotFound);
-        }
+        let (host, port) = crate::lookup::target(uri)?;
+        let found =
+            crate::lookup::resolved(self.inner.empty(), crate::lookup::addresses(host, port)?);
         if self.proxy_host.as_deref().is_some_and(|p| p == host) {
             return Ok(found);
         }

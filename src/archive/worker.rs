@@ -123,7 +123,7 @@ impl Shared {
 
 /// The thread's loop: until stopped, take a due recording (unless paused), archive it.
 pub fn run(shared: &Shared, tasks: &Receiver<DueRecording>) {
-    lower_priority();
+    crate::ops::lower_priority(ARCHIVER_NICENESS);
     let m = &shared.metrics;
     let mut last_measured = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -179,20 +179,6 @@ pub fn run(shared: &Shared, tasks: &Receiver<DueRecording>) {
 /// Niceness of the archiver threads: when the CPU is short, ingest (the workers and the
 /// writer, at the process's niceness) goes first and downloads wait.
 const ARCHIVER_NICENESS: libc::c_int = 10;
-
-/// Lowers this thread's scheduling priority (Linux schedules threads, so `setpriority` on the
-/// thread's id touches no other thread). Best effort: a refusal changes nothing else.
-fn lower_priority() {
-    // SAFETY: gettid has no preconditions and cannot fail.
-    let tid = unsafe { libc::gettid() };
-    let Ok(id) = libc::id_t::try_from(tid) else {
-        return;
-    };
-    // SAFETY: setpriority only reads its arguments; on a thread id it changes that thread.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, id, ARCHIVER_NICENESS);
-    }
-}
 
 /// A recording event's `recording_url` and `callid`, from its JSON body.
 pub fn fields(body: &[u8]) -> (Option<String>, Option<String>) {

@@ -8,6 +8,9 @@
 
 pub mod backup;
 pub mod check;
+pub mod consume;
+pub mod cursor;
+pub mod deliveries;
 pub mod export;
 pub mod get;
 pub mod prune;

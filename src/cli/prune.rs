@@ -21,17 +21,30 @@ pub fn run(data: &Path, before: &str, out: &mut impl Write) -> Result<()> {
         )));
     }
     let store = Store::open_existing_writer(data)?;
+    // Asked by hand: everything before T goes, delivered or not; what a forwarding
+    // destination had not delivered yet is named below.
+    let protect = retention::Protect {
+        destinations: store.dest_states()?.into_iter().map(|(d, _)| d).collect(),
+        force: true,
+    };
     let done = retention::prune_all(
         &store,
         &Cutoffs::everything_before(before_ms),
+        &protect,
         timestamp::now_ms(),
     )?;
-    let mut buf = format!(
+    let mut text = format!(
         "pruned {} events and {} quarantined bodies stored before {}\n",
         done.events_deleted,
         done.quarantined_deleted,
         timestamp::format_ms(before_ms)
-    )
-    .into_bytes();
+    );
+    for (dest, d) in &done.dropped {
+        text.push_str(&format!(
+            "  {} of them (seq {} to {}) had not been delivered to forward destination {dest}\n",
+            d.events, d.first, d.last
+        ));
+    }
+    let mut buf = text.into_bytes();
     emit(out, &mut buf)
 }

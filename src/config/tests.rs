@@ -94,6 +94,7 @@ fn changed_keys_name_each_key_that_differs() {
         "sync_interval",
         "tls",
         "recordings",
+        "forward",
     ];
     let schema = format!("{:?}", FileConfig::default());
     for k in keys {

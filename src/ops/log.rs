@@ -70,8 +70,10 @@ pub fn enabled(level: Level) -> bool {
 /// Writes one line at `level`.
 pub fn write(level: Level, args: Arguments<'_>) {
     if enabled(level) {
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "didgate: {}: {args}", level.name());
+        // One write per line: stderr is unbuffered, and a line written in pieces could be
+        // split by stdout's output when both go to the same file.
+        let line = format!("didgate: {}: {args}\n", level.name());
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }
 

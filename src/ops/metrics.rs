@@ -139,7 +139,7 @@ pub struct Histogram<const N: usize> {
 }
 
 impl<const N: usize> Histogram<N> {
-    fn new(bounds: [f64; N]) -> Self {
+    pub(crate) fn new(bounds: [f64; N]) -> Self {
         Histogram {
             bounds,
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -165,15 +165,28 @@ impl<const N: usize> Histogram<N> {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The bucket, sum and count lines, with `labels` (`a="b"`, or empty) on each.
+    pub(crate) fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let (sep, braces) = if labels.is_empty() {
+            ("", String::new())
+        } else {
+            (",", format!("{{{labels}}}"))
+        };
         let mut cumulative = 0;
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {count}"
+        );
     }
 }
 
@@ -252,6 +265,8 @@ pub struct Metrics {
     archive_outcomes: [AtomicU64; ARCHIVE_OUTCOMES.len()],
     /// Time per download.
     pub archive_download_seconds: Histogram<10>,
+    /// The forwarding destinations' series.
+    pub forward: crate::forward::metrics::Registry,
 }
 
 /// The `outcome` label values of `didgate_recordings_total`.
@@ -306,6 +321,7 @@ impl Default for Metrics {
             archive_bytes_fetched: AtomicU64::new(0),
             archive_outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
             archive_download_seconds: Histogram::new(DOWNLOAD_BUCKETS),
+            forward: Default::default(),
         }
     }
 }
@@ -566,6 +582,7 @@ impl Metrics {
             self.render_tls(&mut o, not_after);
         }
         self.render_archive(&mut o);
+        self.forward.render(&mut o);
         o
     }
 

@@ -55,6 +55,7 @@ impl Store {
             Ok(counts) => check_counts(&mut report, &counts, &tally),
             Err(e) => report.problems.push(format!("counters: {e}")),
         }
+        self.check_deliveries(&mut report.problems)?;
         Ok(report)
     }
 

@@ -14,6 +14,10 @@
 //! | `meta`       | `schema_version`, `next_seq`, `next_qseq` | u32 BE, u64 BE, u64 BE     |
 //! | `archive`    | seq u64 BE (a recording event's)      | archive record (JSON, `archive/record.rs`) |
 //! | `archive_open` | seq u64 BE                          | next try, ms since the epoch, i64 BE |
+//! | `cursors`    | consumer name (UTF-8)                 | cursor (JSON, `store/delivery.rs`) |
+//! | `forward`    | destination name                      | destination state (JSON)       |
+//! | `forward_retry` | destination name, 0x00, seq u64 BE | retry state (JSON)             |
+//! | `forward_dead` | destination name, 0x00, seq u64 BE  | dead letter (JSON)             |
 //!
 //! Every database the writer adds to per event is keyed by the sequence number, so a commit
 //! appends at the right edge of each tree and writes a handful of pages, not one random page
@@ -30,14 +34,15 @@ use super::{Error, Result};
 use crate::event::{self, Record};
 
 /// Version of the key layout and record format; stored in `meta` and checked on open.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Events per `callblocks` record: a call lookup reads one record per block, plus the digests
 /// of at most this many newer events.
 pub const CALL_BLOCK: u64 = 1024;
 
-/// Named databases in the environment (LMDB needs the count up front).
-pub(super) const MAX_DBS: u32 = 12;
+/// Named databases in the environment (LMDB needs the count up front): the schema's 12 and
+/// room for later ones (a reader of an older build opens a newer store with its own count).
+pub(super) const MAX_DBS: u32 = 16;
 
 /// `meta` key of the schema version.
 pub(super) const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -67,7 +72,7 @@ pub(super) struct Table {
     pub name: &'static str,
 }
 
-/// The databases of schema 3 (2 had no `archive` and `archive_open`).
+/// The databases of schema 4 (3 had no `cursors` and `forward*`; 2 had no `archive*`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Dbs {
     pub events: Table,
@@ -78,6 +83,10 @@ pub(super) struct Dbs {
     pub meta: Table,
     pub archive: Table,
     pub archive_open: Table,
+    pub cursors: Table,
+    pub forward: Table,
+    pub forward_retry: Table,
+    pub forward_dead: Table,
 }
 
 impl Dbs {
@@ -98,6 +107,10 @@ impl Dbs {
             meta: table("meta")?,
             archive: table("archive")?,
             archive_open: table("archive_open")?,
+            cursors: table("cursors")?,
+            forward: table("forward")?,
+            forward_retry: table("forward_retry")?,
+            forward_dead: table("forward_dead")?,
         })
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod archive;
 mod check;
+pub mod delivery;
 mod fault;
 pub mod header;
 mod layout;
@@ -26,8 +27,8 @@ mod read;
 mod walk;
 mod write;
 
-use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
 use lmdb::{DatabaseFlags, Environment, EnvironmentFlags, Transaction};
 
@@ -176,7 +177,34 @@ pub struct Store {
     path: PathBuf,
     /// How `/proc/self/maps` names the data file (see [`Store::release_mapped_pages`]),
     /// resolved on first use.
-    map_suffix: OnceCell<String>,
+    map_suffix: OnceLock<String>,
+    /// Held shared by every read transaction of this process and exclusively while the map
+    /// is resized: LMDB allows `mdb_env_set_mapsize` only while this process has no
+    /// transaction open, and the forwarder's threads read while the writer may grow the map.
+    resize: RwLock<()>,
+}
+
+/// A read transaction that also holds the [`Store::resize`] gate shared until it ends.
+pub(crate) struct ReadTxn<'env> {
+    // Declared first so it ends before the gate is released.
+    txn: lmdb::RoTransaction<'env>,
+    _gate: RwLockReadGuard<'env, ()>,
+}
+
+impl Transaction for ReadTxn<'_> {
+    fn txn(&self) -> *mut lmdb_sys::MDB_txn {
+        self.txn.txn()
+    }
+
+    /// A read transaction has nothing to commit: it is ended (LMDB's abort), with its gate.
+    fn commit(self) -> lmdb::Result<()> {
+        drop(self);
+        Ok(())
+    }
+
+    fn abort(self) {
+        drop(self);
+    }
 }
 
 impl Store {
@@ -240,7 +268,15 @@ impl Store {
                 txn.commit()?;
             }
             Some(SCHEMA_VERSION) => txn.commit()?,
-            // Schema 3 only added the archive's databases, created above.
+            // Schema 4 only added the delivery databases, created above.
+            Some(3) => {
+                layout::put_schema_version(&mut txn, dbs)?;
+                txn.commit()?;
+                crate::ops::log::info(format_args!(
+                    "store upgraded to schema {SCHEMA_VERSION} (consumer cursors, forwarding)"
+                ));
+            }
+            // Schema 3 added the archive's databases, created above.
             Some(2) => {
                 let queued = archive::queue_recent(&mut txn, dbs, crate::timestamp::now_ms())?;
                 layout::put_schema_version(&mut txn, dbs)?;
@@ -266,7 +302,8 @@ impl Store {
             env,
             dbs,
             path: dir.to_path_buf(),
-            map_suffix: OnceCell::new(),
+            map_suffix: OnceLock::new(),
+            resize: RwLock::new(()),
         }
     }
 
@@ -319,7 +356,7 @@ impl Store {
                 get(&txn, meta, SCHEMA_KEY)?.ok_or_else(|| Error::Missing(dir.to_path_buf()))?;
             match schema_of(meta, found)? {
                 SCHEMA_VERSION => {}
-                found @ (1 | 2) => return Err(Error::NeedsMigration { found }),
+                found @ (1..=3) => return Err(Error::NeedsMigration { found }),
                 found => return Err(Error::Schema { found }),
             }
         }
@@ -332,14 +369,30 @@ impl Store {
 
     /// A read transaction; when the writer grew the map since this process opened it, adopt
     /// the new size and retry once (LMDB's documented reaction to `MDB_MAP_RESIZED`).
-    fn read_txn(&self) -> Result<lmdb::RoTransaction<'_>> {
-        match self.env.begin_ro_txn() {
+    fn read_txn(&self) -> Result<ReadTxn<'_>> {
+        let gate = self
+            .resize
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let txn = match self.env.begin_ro_txn() {
             Err(lmdb::Error::MapResized) => {
-                self.env.set_map_size(0)?;
-                Ok(self.env.begin_ro_txn()?)
+                drop(gate);
+                self.set_map_size(0)?;
+                return self.read_txn();
             }
-            other => Ok(other?),
-        }
+            other => other?,
+        };
+        Ok(ReadTxn { txn, _gate: gate })
+    }
+
+    /// Sets the map size (0: adopt the size another process recorded) with the resize gate
+    /// held exclusively, so no read transaction of this process is open meanwhile.
+    fn set_map_size(&self, size: usize) -> Result<()> {
+        let _gate = self
+            .resize
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(self.env.set_map_size(size)?)
     }
 }
 /// Whether `dir` holds a data file this user may look at.

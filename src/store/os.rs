@@ -57,7 +57,7 @@ impl Store {
             why: std::io::Error::other("larger than this host's address space"),
         })?;
         address_space_has_room(size).map_err(|why| Error::MapGrowth { bytes, why })?;
-        Ok(self.env.set_map_size(size)?)
+        self.set_map_size(size)
     }
 
     /// Flushes everything committed to disk, meta page included.

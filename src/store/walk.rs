@@ -162,3 +162,62 @@ impl<T> Page<T> {
         Ok(Page { items, next: None })
     }
 }
+
+/// An iterator over `(key, value)` of a database whose keys start with a prefix (a
+/// destination's name), ascending from `prefix + from`: the walk of the delivery databases,
+/// whose keys are a name, a 0 byte and a sequence number.
+pub(super) struct PrefixWalk<'txn> {
+    cursor: RoCursor<'txn>,
+    prefix: Vec<u8>,
+    start: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl<'txn> PrefixWalk<'txn> {
+    /// Entries whose key starts with `prefix` and is at least `prefix + from`.
+    ///
+    /// # Errors
+    /// LMDB refused to open a cursor.
+    pub fn new(
+        txn: &'txn impl Transaction,
+        table: Table,
+        prefix: &[u8],
+        from: &[u8],
+    ) -> Result<PrefixWalk<'txn>> {
+        let mut start = prefix.to_vec();
+        start.extend_from_slice(from);
+        Ok(PrefixWalk {
+            cursor: txn.open_ro_cursor(table.handle)?,
+            prefix: prefix.to_vec(),
+            start: Some(start),
+            done: false,
+        })
+    }
+}
+
+impl<'txn> Iterator for PrefixWalk<'txn> {
+    type Item = Result<(&'txn [u8], &'txn [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let got = match self.start.take() {
+            // LMDB refuses an empty key: the whole database starts at its first entry.
+            Some(k) if k.is_empty() => self.cursor.get(None, None, lmdb_sys::MDB_FIRST),
+            Some(k) => self.cursor.get(Some(&k), None, lmdb_sys::MDB_SET_RANGE),
+            None => self.cursor.get(None, None, lmdb_sys::MDB_NEXT),
+        };
+        match got {
+            Ok((Some(k), v)) if k.starts_with(&self.prefix) => Some(Ok((k, v))),
+            Ok(_) | Err(lmdb::Error::NotFound) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e.into()))
+            }
+        }
+    }
+}

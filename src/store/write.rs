@@ -58,7 +58,7 @@ impl Store {
         let txn = match self.env.begin_rw_txn() {
             // Another process (the server, for `didgate prune`) grew the map.
             Err(lmdb::Error::MapResized) => {
-                self.env.set_map_size(0)?;
+                self.set_map_size(0)?;
                 self.env.begin_rw_txn()?
             }
             other => other?,

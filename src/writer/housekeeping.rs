@@ -65,6 +65,8 @@ pub(super) struct Housekeeping {
     disk_free: Option<u64>,
     /// After a failed zero fill, no other is tried before this.
     fill_paused_until: Option<Instant>,
+    /// The forwarding destinations whose undelivered events retention keeps.
+    destinations: Vec<String>,
 }
 
 impl Housekeeping {
@@ -91,7 +93,13 @@ impl Housekeeping {
             }),
             disk_free: None,
             fill_paused_until: None,
+            destinations: Vec::new(),
         }
+    }
+
+    /// Sets the destinations whose undelivered events retention keeps.
+    pub(super) fn protect(&mut self, destinations: Option<Vec<String>>) {
+        self.destinations = destinations.unwrap_or_default();
     }
 
     /// Runs what is due. `idle`: nothing is queued, so slower chores (pruning) may run.
@@ -345,8 +353,19 @@ impl Housekeeping {
         };
         let now = timestamp::now_ms();
         let cutoffs = Cutoffs::at(&policy, now);
-        match retention::prune_slice(store, &cutoffs, &mut self.prune_cursor, now) {
+        let protect = retention::Protect {
+            destinations: self.destinations.clone(),
+            force: ctx.health.is_disk_low(),
+        };
+        match retention::prune_slice(store, &cutoffs, &protect, &mut self.prune_cursor, now) {
             Ok(slice) => {
+                for (dest, d) in &slice.dropped {
+                    crate::ops::log::warn(format_args!(
+                        "retention: the disk is below its floor; deleted {} expired events \
+                         (seq {} to {}) that forward destination {dest} had not delivered",
+                        d.events, d.first, d.last
+                    ));
+                }
                 ctx.metrics
                     .pruned_events
                     .fetch_add(slice.events_deleted, Ordering::Relaxed);

@@ -14,6 +14,7 @@
 
 mod archive_feed;
 pub mod dedup;
+mod forward_feed;
 mod housekeeping;
 mod queue;
 mod reply;
@@ -29,6 +30,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use archive_feed::Feed;
 use dedup::Recent;
+use forward_feed::Feed as ForwardFeed;
 use housekeeping::Housekeeping;
 use retention::Policy;
 use wakeup::{Unsynced, Wakeup};
@@ -209,6 +211,15 @@ pub struct Writer {
     min_free_disk_bytes: Arc<AtomicU64>,
 }
 
+/// The background jobs whose state the writer commits.
+#[derive(Default)]
+pub struct Background {
+    /// The recordings archive, when on.
+    pub archive: Option<crate::archive::Link>,
+    /// Forwarding (always present in `serve`, so a reload can add destinations).
+    pub forward: Option<crate::forward::Link>,
+}
+
 /// What the writer thread owns and shares.
 pub(crate) struct Ctx {
     settings: Settings,
@@ -226,12 +237,12 @@ impl Writer {
     /// # Errors
     /// The thread could not be spawned.
     pub fn spawn(
-        store: Store,
+        store: Arc<Store>,
         settings: Settings,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         retention: Policy,
-        archive: Option<crate::archive::Link>,
+        background: Background,
     ) -> std::io::Result<(Writer, Queue)> {
         let (queue, rx) = Queue::bounded(settings.queue_capacity);
         let stop = Arc::new(AtomicBool::new(false));
@@ -251,7 +262,7 @@ impl Writer {
             .spawn(move || {
                 // Dropped when the thread ends, however it ends: `ended` then disconnects.
                 let _ended = ended_tx;
-                Batcher::new(store, ctx, archive.map(Feed::new)).run(&rx)
+                Batcher::new(store, ctx, background).run(&rx)
             })?;
         let writer = Writer {
             thread,
@@ -296,7 +307,7 @@ impl Ctx {
 
 /// The writer thread's state across batches.
 struct Batcher {
-    store: Store,
+    store: Arc<Store>,
     ctx: Ctx,
     house: Housekeeping,
     recent: Recent,
@@ -309,10 +320,12 @@ struct Batcher {
     last_ms: i64,
     /// The recordings archive, when it is on.
     archive: Option<Feed>,
+    /// Forwarding, when on.
+    forward: Option<ForwardFeed>,
 }
 
 impl Batcher {
-    fn new(store: Store, ctx: Ctx, archive: Option<Feed>) -> Batcher {
+    fn new(store: Arc<Store>, ctx: Ctx, background: Background) -> Batcher {
         let house = Housekeeping::new(&store, &ctx);
         let recent = load_recent(&store, &ctx);
         Batcher {
@@ -324,7 +337,8 @@ impl Batcher {
             last_ms: i64::MIN,
             store,
             ctx,
-            archive,
+            archive: background.archive.map(Feed::new),
+            forward: background.forward.map(ForwardFeed::new),
         }
     }
 
@@ -335,6 +349,9 @@ impl Batcher {
                 feed.collect();
                 let now = timestamp::now_ms().max(self.last_ms);
                 feed.feed(&self.store, now, &self.ctx.metrics);
+            }
+            if let Some(feed) = &mut self.forward {
+                feed.collect();
             }
             match rx.recv_timeout(IDLE_TICK) {
                 Ok(job) => self.batch.push(job),
@@ -364,6 +381,12 @@ impl Batcher {
         }
         self.unsynced
             .sync_and_wake(&self.store, &self.ctx.metrics, &self.wakeup);
+        // The dispatchers' last reports (they stop before the writer).
+        if let Some(feed) = &mut self.forward {
+            feed.collect();
+            let now = timestamp::now_ms().max(self.last_ms);
+            feed.commit_alone(&self.store, now);
+        }
         self.house.sync(&self.store, &self.ctx);
         Ok(())
     }
@@ -381,6 +404,19 @@ impl Batcher {
                 self.house.dirty = true;
             }
         }
+        if let Some(feed) = &mut self.forward {
+            feed.pressure(0, true);
+            feed.collect();
+            if feed.has_reports() && !self.ctx.health.is_disk_low() {
+                let now = timestamp::now_ms().max(self.last_ms);
+                self.last_ms = now;
+                feed.commit_alone(&self.store, now);
+                self.house.mapped = true;
+                self.house.dirty = true;
+            }
+        }
+        let destinations = self.forward.as_ref().map(ForwardFeed::destinations);
+        self.house.protect(destinations);
         self.house.run(&self.store, &self.ctx, rx.is_empty());
         if self
             .house
@@ -417,13 +453,13 @@ impl Batcher {
             i64::try_from(self.ctx.settings.dedup_window.as_millis()).unwrap_or(i64::MAX);
         let since = now.saturating_sub(window_ms);
         let started = Instant::now();
-        let archive = self.archive.as_ref();
+        let jobs = (self.archive.as_ref(), self.forward.as_ref());
         let mut result = commit_batch(
             &self.store,
             &mut self.recent,
             &self.batch,
             (now, since),
-            archive,
+            jobs,
         );
         if result.as_ref().is_err_and(store::Error::is_map_full)
             && self.house.grow(&self.store, &self.ctx)
@@ -433,10 +469,13 @@ impl Batcher {
                 &mut self.recent,
                 &self.batch,
                 (now, since),
-                archive,
+                jobs,
             );
         }
         if let Some(feed) = &mut self.archive {
+            feed.settled(result.is_ok());
+        }
+        if let Some(feed) = &mut self.forward {
             feed.settled(result.is_ok());
         }
         // Its reads and writes went through the map, whatever the outcome.
@@ -479,6 +518,15 @@ impl Batcher {
         self.ctx
             .metrics
             .committed(self.batch.len(), started.elapsed(), fsynced, now);
+        if let Some(feed) = &self.forward {
+            feed.pressure(self.batch.len(), false);
+            if let Some(last) = outcomes.iter().rev().find_map(|o| match o {
+                Outcome::Stored(seq) => Some(*seq),
+                _ => None,
+            }) {
+                feed.published(last);
+            }
+        }
         for (job, outcome) in self.batch.drain(..).zip(outcomes) {
             if let Outcome::Stored(_) = outcome {
                 self.ctx.metrics.stored(&job.event.kind);
@@ -544,7 +592,7 @@ fn commit_batch(
     recent: &mut Recent,
     batch: &[Job],
     (now_ms, dedup_since_ms): (i64, i64),
-    archive: Option<&Feed>,
+    (archive, forward): (Option<&Feed>, Option<&ForwardFeed>),
 ) -> store::Result<Vec<Outcome>> {
     let mut txn = store.begin_write(now_ms)?;
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -584,6 +632,9 @@ fn commit_batch(
     if let Some(feed) = archive {
         feed.write(&mut txn)?;
     }
+    if let Some(feed) = forward {
+        feed.write(&mut txn, now_ms)?;
+    }
     txn.commit()?;
     Ok(outcomes)
 }
@@ -607,12 +658,12 @@ mod tests {
 
     fn spawn(store: Store, settings: Settings) -> (Writer, Queue) {
         Writer::spawn(
-            store,
+            Arc::new(store),
             settings,
             Arc::default(),
             Arc::default(),
             Policy::default(),
-            None,
+            Background::default(),
         )
         .unwrap()
     }
@@ -652,12 +703,12 @@ mod tests {
             ..settings(1000)
         };
         let (writer, queue) = Writer::spawn(
-            store,
+            Arc::new(store),
             s,
             metrics.clone(),
             Arc::default(),
             Policy::default(),
-            None,
+            Background::default(),
         )
         .unwrap();
         let headroom = || metrics.file_headroom_bytes.load(Ordering::Relaxed);

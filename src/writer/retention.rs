@@ -100,6 +100,29 @@ impl Default for Cursor {
     }
 }
 
+/// Whose undelivered events retention keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Protect {
+    /// Forwarding destinations: an event one of them has not delivered or dead-lettered yet
+    /// is kept past its retention.
+    pub destinations: Vec<String>,
+    /// Delete them anyway (the disk is below its floor, or `didgate prune` was asked), and
+    /// say in [`Slice::dropped`] what was dropped for whom.
+    pub force: bool,
+}
+
+/// Events deleted before a destination delivered them: how many, and the first and last
+/// sequence numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// How many.
+    pub events: u64,
+    /// The lowest sequence number.
+    pub first: u64,
+    /// The highest.
+    pub last: u64,
+}
+
 /// What one slice did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Slice {
@@ -111,6 +134,10 @@ pub struct Slice {
     pub events_deleted: u64,
     /// Quarantined bodies deleted.
     pub quarantined_deleted: u64,
+    /// Expired events kept because a destination has not delivered them.
+    pub kept_for_delivery: u64,
+    /// With [`Protect::force`]: undelivered events deleted, per destination.
+    pub dropped: BTreeMap<String, Dropped>,
     /// Nothing more to prune under these cutoffs (the cursor went back to the start).
     pub done: bool,
 }
@@ -124,6 +151,7 @@ pub struct Slice {
 pub fn prune_slice(
     store: &Store,
     cutoffs: &Cutoffs,
+    protect: &Protect,
     cursor: &mut Cursor,
     now_ms: i64,
 ) -> store::Result<Slice> {
@@ -133,17 +161,35 @@ pub fn prune_slice(
     if let Some(horizon) = cutoffs.horizon {
         let events = txn.oldest_events(cursor.next_event, PRUNE_SLICE)?;
         events_done = events.next.is_none();
+        let cursors = txn.delivery_cursors(&protect.destinations)?;
+        let mut deleted = Vec::new();
         for ev in &events.items {
             if ev.stored_at_ms >= horizon {
                 events_done = true;
                 break;
             }
-            if cutoffs.expired(ev) {
-                slice.files.extend(txn.delete_event(ev)?);
-                slice.events_deleted += 1;
-            }
             cursor.next_event = ev.seq + 1;
+            if !cutoffs.expired(ev) {
+                continue;
+            }
+            let waiting = txn.undelivered_by(ev.seq, &cursors)?;
+            if !waiting.is_empty() && !protect.force {
+                slice.kept_for_delivery += 1;
+                continue;
+            }
+            for d in waiting {
+                let e = slice.dropped.entry(d).or_default();
+                if e.events == 0 {
+                    e.first = ev.seq;
+                }
+                e.events += 1;
+                e.last = ev.seq;
+            }
+            slice.files.extend(txn.delete_event(ev)?);
+            slice.events_deleted += 1;
+            deleted.push(ev.seq);
         }
+        txn.forget_deliveries(&deleted)?;
     }
     let mut quarantine_done = cutoffs.quarantine.is_none();
     if let Some(cut) = cutoffs.quarantine {
@@ -190,15 +236,29 @@ fn remove_files(files: &[String]) -> u64 {
 ///
 /// # Errors
 /// Store errors; slices already committed stay pruned.
-pub fn prune_all(store: &Store, cutoffs: &Cutoffs, now_ms: i64) -> store::Result<Slice> {
+pub fn prune_all(
+    store: &Store,
+    cutoffs: &Cutoffs,
+    protect: &Protect,
+    now_ms: i64,
+) -> store::Result<Slice> {
     let mut cursor = Cursor::default();
     let mut total = Slice::default();
     loop {
-        let s = prune_slice(store, cutoffs, &mut cursor, now_ms)?;
+        let s = prune_slice(store, cutoffs, protect, &mut cursor, now_ms)?;
         total.files.extend(s.files);
         total.freed_bytes += s.freed_bytes;
         total.events_deleted += s.events_deleted;
         total.quarantined_deleted += s.quarantined_deleted;
+        total.kept_for_delivery += s.kept_for_delivery;
+        for (d, x) in s.dropped {
+            let e = total.dropped.entry(d).or_default();
+            if e.events == 0 {
+                e.first = x.first;
+            }
+            e.events += x.events;
+            e.last = x.last;
+        }
         if s.done {
             total.done = true;
             return Ok(total);
@@ -222,6 +282,12 @@ mod tests {
                 .decode(rec.body)
                 .is_ok_and(|f| f.callid.as_deref() == Some(callid))
         }
+    }
+
+    /// The sequence numbers of the first ten events left.
+    fn left(store: &Store) -> Vec<u64> {
+        let page = store.events_forward(0, 10, |_, _| true).unwrap();
+        page.items.iter().map(|e| e.seq).collect()
     }
 
     fn event(kind: &str, callid: &str) -> Event {
@@ -258,19 +324,16 @@ mod tests {
         let now = 6 * DAY_MS;
         let cut = Cutoffs::at(&policy, now);
         let mut cursor = Cursor::default();
-        let s = prune_slice(&store, &cut, &mut cursor, now).unwrap();
+        let s = prune_slice(&store, &cut, &Protect::default(), &mut cursor, now).unwrap();
         assert_eq!(
             (s.events_deleted, s.quarantined_deleted, s.done),
             (1, 2, true)
         );
-        let left: Vec<u64> = store
-            .events_forward(0, 10, |_, _| true)
-            .unwrap()
-            .items
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        assert_eq!(left, [2, 3], "old cdr gone, recording (no retention) kept");
+        assert_eq!(
+            left(&store),
+            [2, 3],
+            "old cdr gone, recording (no retention) kept"
+        );
         assert_eq!(store.call_events("a", is_call("a")).unwrap().len(), 1);
         let counts = store.counts().unwrap();
         assert_eq!(counts.by_kind.get("cdr"), Some(&1));
@@ -291,7 +354,13 @@ mod tests {
             append(&mut w, &event("sms", &format!("s{i}")));
             w.commit().unwrap();
         }
-        let s = prune_all(&store, &Cutoffs::everything_before(1000), 2000).unwrap();
+        let s = prune_all(
+            &store,
+            &Cutoffs::everything_before(1000),
+            &Protect::default(),
+            2000,
+        )
+        .unwrap();
         assert_eq!(s.events_deleted, 1000);
         assert_eq!(
             store.events_forward(0, 10, |_, _| true).unwrap().items[0].seq,
@@ -306,12 +375,68 @@ mod tests {
         assert_eq!(store.call_events("s5", is_call("s5")).unwrap(), vec![]);
         assert_eq!(store.check().unwrap().problems, Vec::<String>::new());
         // Deleting the rest removes the block; sequence numbers still do not repeat.
-        prune_all(&store, &Cutoffs::everything_before(5000), 6000).unwrap();
+        prune_all(
+            &store,
+            &Cutoffs::everything_before(5000),
+            &Protect::default(),
+            6000,
+        )
+        .unwrap();
         let report = store.check().unwrap();
         assert_eq!((report.events, report.call_entries), (0, 0));
         let mut w = store.begin_write(7000).unwrap();
         assert_eq!(append(&mut w, &event("cdr", "new")), 1201);
         w.commit().unwrap();
+    }
+
+    #[test]
+    fn undelivered_events_outlive_retention_unless_forced_and_then_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), 16 << 20).unwrap();
+        let mut w = store.begin_write(0).unwrap();
+        for i in 0..6 {
+            append(&mut w, &event("cdr", &format!("u{i}")));
+        }
+        // "crm" delivered up to 3, and 2 waits for another try.
+        let mut p = store::delivery::Progress::new("crm");
+        p.cursor = Some(3);
+        p.retry = vec![(2, crate::forward::state::RetryEntry::default())];
+        w.apply_progress(&p, 0).unwrap();
+        w.commit().unwrap();
+        let cut = Cutoffs::everything_before(DAY_MS);
+        let keep = Protect {
+            destinations: vec!["crm".into()],
+            force: false,
+        };
+        let s = prune_all(&store, &cut, &keep, DAY_MS).unwrap();
+        assert_eq!((s.events_deleted, s.kept_for_delivery), (2, 4));
+        assert!(s.dropped.is_empty());
+        assert_eq!(left(&store), [2, 4, 5, 6]);
+        // A destination no longer configured keeps nothing.
+        let s = prune_all(&store, &cut, &Protect::default(), DAY_MS).unwrap();
+        assert_eq!(s.events_deleted, 4);
+        let mut w = store.begin_write(0).unwrap();
+        for i in 0..3 {
+            append(&mut w, &event("cdr", &format!("v{i}")));
+        }
+        w.commit().unwrap();
+        // Forced (the disk is below its floor): deleted, and said for whom.
+        let force = Protect {
+            force: true,
+            ..keep
+        };
+        let s = prune_all(&store, &cut, &force, DAY_MS).unwrap();
+        assert_eq!(s.events_deleted, 3);
+        assert_eq!(
+            s.dropped.get("crm"),
+            Some(&Dropped {
+                events: 3,
+                first: 7,
+                last: 9
+            })
+        );
+        assert_eq!(store.dest_state("crm").unwrap().unwrap().retrying, 0);
+        assert_eq!(store.check().unwrap().problems, Vec::<String>::new());
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! Integration tests: the real binary, a real LMDB in a temp directory, raw sockets on
 //! loopback. One test binary, modules by area.
 
+mod sink;
 mod util;
 
 mod acme;
 mod appliance;
 mod conformance;
 mod damage;
+mod delivery_crash;
 mod durability;
 mod flood;
+mod forward;
 mod http_contract;
 mod ingest;
 mod powercut;
