@@ -21,7 +21,7 @@ fn pipeline(c: &mut Criterion) {
     let store = Store::open_writer(dir.path(), 4 << 30).unwrap();
     // Production's writer settings, with a one-hour dedup window.
     let (writer, queue) = Writer::spawn(
-        store,
+        Arc::new(store),
         writer::Settings {
             dedup_window: Duration::from_secs(3600),
             ..writer::Settings::default()
@@ -29,7 +29,7 @@ fn pipeline(c: &mut Criterion) {
         Arc::default(),
         Arc::default(),
         Default::default(),
-        None,
+        writer::Background::default(),
     )
     .unwrap();
     let round = Arc::new(std::sync::atomic::AtomicU64::new(0));

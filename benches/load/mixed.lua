@@ -7,6 +7,14 @@ local token = os.getenv("DIDGATE_TOKEN") or "token"
 local run = os.getenv("DIDGATE_RUN") or tostring(os.time())
 -- Where recording URLs point: a local file server when the archiver is measured.
 local recording_base = os.getenv("DIDGATE_RECORDING_BASE") or "https://ddl-aws-bucket.com/rec/"
+-- With DIDGATE_PACE_MS, each connection waits that long before each request: a steady rate
+-- (about connections * 1000 / (pace + latency) per second) instead of as fast as it can.
+local pace_ms = tonumber(os.getenv("DIDGATE_PACE_MS") or "0")
+if pace_ms > 0 then
+  delay = function()
+    return pace_ms
+  end
+end
 -- Globals, not locals: done() reads them from each thread with thread:get().
 counter = 0
 acked = 0

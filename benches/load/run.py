@@ -9,6 +9,9 @@ of the box), same machine, same run, same wrk workload.
     python3 benches/load/run.py --tls --conns 256    # HTTPS: didgate vs nginx, both over TLS
     python3 benches/load/run.py --tls --conns 16 --seconds 60 --idle 1000   # TLS memory target
     python3 benches/load/run.py --archive --conns 256   # recordings archiver off vs on
+    python3 benches/load/run.py --forward --conns 256   # forwarding off vs on, saturated
+    python3 benches/load/run.py --forward --conns 256 --pace 10   # ... at ~20,000 events/s
+    python3 benches/load/run.py --consume --conns 256   # a `consume --exec --follow` beside
 
 It builds didgate in release mode, installs wrk and nginx from Debian when missing, starts
 both servers on loopback ports of a temp directory, runs the mixed workload (70% CDR, 20%
@@ -34,6 +37,18 @@ didgate runs with its recordings archiver off unless --archive is given. With --
 runs twice per connection count in the same run, archiver off then on, with the 20%
 recording webhooks pointing at a local file server (a 64 KiB mp3 for any path), and prints
 the on/off ratio of req/s and p99 and how many recordings were archived during the run.
+
+With --forward, didgate likewise runs forwarding off then on, the "on" run with one
+[[forward]] destination: a second nginx `return 200`, run at the lowest priority (the
+receiver is not on the box in production). It prints the on/off ratio, the events delivered
+during the load (and per second), the lag (events after the cursor, plus retries) when the
+load stopped, and how long it took to drain to 0 after. With --consume, the "on" run has
+`didgate consume bench --exec 'cat >/dev/null' --follow` beside it, whose cursor moves in a
+short write transaction of its own at most once a second (batches of
+--consume-batch events, 100 by default).
+
+With --pace MS each connection waits MS before each request: a steady rate of about
+connections * 1000 / (MS + latency) per second instead of saturation.
 """
 
 import argparse
@@ -76,10 +91,13 @@ def to_ms(text):
 
 
 RECORDING_BASE = None
+PACE_MS = 0
 
 
 def wrk(port, conns, seconds, token, run_id, scheme="http"):
     env = {**os.environ, "DIDGATE_TOKEN": token, "DIDGATE_RUN": run_id}
+    if PACE_MS:
+        env["DIDGATE_PACE_MS"] = str(PACE_MS)
     if RECORDING_BASE:
         env["DIDGATE_RECORDING_BASE"] = RECORDING_BASE
     out = subprocess.run(
@@ -175,13 +193,32 @@ class IdleConnections(threading.Thread):
             sock.close()
 
 
+ADMIN_PORTS = {}
+
+
+def metric(proc, name):
+    """A value of didgate's /metrics, or None."""
+    import urllib.request
+    try:
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{ADMIN_PORTS[proc.pid]}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
 def start_didgate(data, port, token, config=None):
     # The admin listener on a free port too, so a gateway already running here is no obstacle.
     extra = ["--config", config] if config else []
+    admin = free_port()
     proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data", data,
-                             "--token", token, "--admin-listen", f"127.0.0.1:{free_port()}"]
+                             "--token", token, "--admin-listen", f"127.0.0.1:{admin}"]
                             + extra,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ADMIN_PORTS[proc.pid] = admin
     for line in proc.stdout:
         # The last start-up line (older builds printed the URLs last).
         if "`didgate urls` prints them" in line or line.startswith("didgate: sms"):
@@ -255,10 +292,24 @@ def main():
                     "(e.g. a copy of the previous build, to compare two builds in one session)")
     ap.add_argument("--archive", action="store_true",
                     help="recordings archiver off and on, same run, recordings from a local server")
+    ap.add_argument("--forward", action="store_true",
+                    help="forwarding off and on, same run, to a local nginx return 200")
+    ap.add_argument("--consume", action="store_true",
+                    help="without and with a `consume --exec --follow` beside didgate")
+    ap.add_argument("--consume-batch", type=int, default=100, metavar="N",
+                    help="with --consume: events per batch (one command run each)")
+    ap.add_argument("--pace", type=int, default=0, metavar="MS",
+                    help="each connection waits MS between requests: a steady rate (e.g. "
+                    "--conns 256 --pace 10 for about 20,000/s) instead of saturation")
+    ap.add_argument("--pairs", type=int, default=1,
+                    help="with --archive, --forward or --consume: this many off/on pairs, "
+                    "alternating which runs first; req/s are the means, and each pair's ratio "
+                    "is printed (2-core machines are noisy: 3 or more for a figure to quote)")
     ap.add_argument("--tls", action="store_true",
                     help="HTTPS: nginx and didgate over TLS, plus didgate plain in the same run")
     args = ap.parse_args()
-    global BIN
+    global BIN, PACE_MS
+    PACE_MS = args.pace
     if args.bin:
         BIN = os.path.abspath(args.bin)
     conns = [int(c) for c in args.conns.split(",")]
@@ -269,7 +320,13 @@ def main():
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
 
     work = tempfile.mkdtemp(prefix="didgate-load-")
-    data = os.path.join(work, "data")
+    runs = iter(range(1_000_000))
+
+    def fresh_data():
+        # Every didgate run starts on an empty store: a run after another on the same store
+        # meets a larger B-tree and file, which alone cost the later run up to 10% (an A/A
+        # comparison showed it), and would be charged to whatever that run measures.
+        return os.path.join(work, f"data-{next(runs)}")
     nginx_port, didgate_port = free_port(), free_port()
     scheme, listen_ssl = "http", ""
     tls_section = ""
@@ -286,13 +343,19 @@ def main():
                       "ssl_protocols TLSv1.2 TLSv1.3")
         tls_section = f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
     configs = {}
-    for name, recordings in (("off", "[recordings]\nenabled = false\n"),
-                             ("on", "[recordings]\nallow_http = true\n"
-                                    "allow_private_addresses = [\"127.0.0.1/32\"]\n"
-                                    "disk_margin_bytes = 0\n")):
+    sink_port = free_port()
+    forward = (f'[[forward]]\nname = "bench"\nurl = "{scheme}://127.0.0.1:{sink_port}/in"\n'
+               if args.forward else "")
+    archive_off_section = "[recordings]\nenabled = false\n"
+    archive_on_section = ("[recordings]\nallow_http = true\n"
+                          "allow_private_addresses = [\"127.0.0.1/32\"]\n"
+                          "disk_margin_bytes = 0\n")
+    for name, recordings in (("off", archive_off_section),
+                             ("on", archive_on_section if args.archive
+                              else archive_off_section)):
         path = os.path.join(work, f"didgate-{name}.toml")
         with open(path, "w") as f:
-            f.write(recordings + tls_section)
+            f.write(recordings + tls_section + (forward if name == "on" else ""))
         configs[name] = path
     global RECORDING_BASE
     files = None
@@ -313,6 +376,25 @@ http {{
 }}
 """)
     nginx = subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf", "-p", work, "-g", "daemon off;"])
+    sink = None
+    if args.forward:
+        # The destination: another nginx `return 200`, at the lowest priority. The operator's
+        # receiver is not on the box in production, so the on/off ratio must measure what
+        # forwarding costs ingest, not what the stand-in receiver costs the two shared cores.
+        os.makedirs(f"{work}/sink", exist_ok=True)
+        with open(os.path.join(work, "sink", "nginx.conf"), "w") as f:
+            f.write(f"""worker_processes auto;
+pid {work}/sink/nginx.pid;
+error_log {work}/sink/nginx.err;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 100000;
+  server {{ listen 127.0.0.1:{sink_port}{listen_ssl}; location / {{ return 200 "ok\\n"; }} }}
+}}
+""")
+        sink = subprocess.Popen(["nice", "-n", "19", "nginx", "-c", f"{work}/sink/nginx.conf",
+                                 "-p", f"{work}/sink", "-g", "daemon off;"])
     token = "loadbench" + str(int(time.time())) + "abcdefgh"
     rows = []
     try:
@@ -321,47 +403,100 @@ http {{
             base = wrk(nginx_port, c, args.seconds, token, f"n{c}-{time.time()}", scheme)
             plain = None
             if args.tls:
-                proc = start_didgate(data, didgate_port, token, plain_config)
+                proc = start_didgate(fresh_data(), didgate_port, token, plain_config)
                 plain = wrk(didgate_port, c, args.seconds, token, f"p{c}-{time.time()}")
                 stop_didgate(proc)
-            archive_off = None
-            if args.archive:
-                proc = start_didgate(data, didgate_port, token, configs["off"])
-                archive_off = wrk(didgate_port, c, args.seconds, token, f"o{c}-{time.time()}",
-                                  scheme)
+            compare = args.archive or args.forward or args.consume
+
+            def off_run():
+                proc = start_didgate(fresh_data(), didgate_port, token, configs["off"])
+                result = wrk(didgate_port, c, args.seconds, token, f"o{c}-{time.time()}", scheme)
                 stop_didgate(proc)
-            before_archived = archived(data) if args.archive else 0
-            proc = start_didgate(data, didgate_port, token,
-                                 configs["on" if args.archive else "off"])
-            before = stored_events(data)
-            sampler = Sampler(proc.pid)
-            sampler.start()
-            idle = IdleConnections(didgate_port, token, args.idle, f"i{c}-{time.time()}",
-                                   args.tls)
-            idle.open_all()
-            idle.start()
-            load_started = time.monotonic()
-            ours = wrk(didgate_port, c, args.seconds, token, f"d{c}-{time.time()}", scheme)
-            idle.close()
-            sampler.stop = True
-            sampler.join()
-            commits, events = stop_didgate(proc)
-            stored = stored_events(data) - before
-            fetched = archived(data) - before_archived if args.archive else 0
-            sent, acked = ours["sent"] + idle.sent, ours["acked"] + idle.acked
-            ok = acked <= stored <= sent and ours["other"] == 0
-            quarters = []
-            for q in (1, 2, 3, 4):
-                until = load_started + args.seconds * q / 4
-                during = [(rss, anon) for t, rss, anon in sampler.samples
-                          if load_started <= t <= until]
-                quarters.append(f"{during[-1][0] / 1024:.0f} ({during[-1][1] / 1024:.1f})"
-                                if during else "-")
+                return result
+
+            def on_run():
+                data = fresh_data()
+                proc = start_didgate(data, didgate_port, token,
+                                     configs["on" if args.archive or args.forward else "off"])
+                consumer = None
+                if args.consume:
+                    consumer = subprocess.Popen([BIN, "consume", "bench", "--exec",
+                                                 "cat >/dev/null", "--follow", "--batch",
+                                                 str(args.consume_batch), "--data", data],
+                                                stderr=subprocess.DEVNULL)
+                delivered_before = metric(
+                    proc, 'didgate_forward_delivered_total{dest="bench"}') or 0
+                sampler = Sampler(proc.pid)
+                sampler.start()
+                idle = IdleConnections(didgate_port, token, args.idle, f"i{c}-{time.time()}",
+                                       args.tls)
+                idle.open_all()
+                idle.start()
+                load_started = time.monotonic()
+                ours = wrk(didgate_port, c, args.seconds, token, f"d{c}-{time.time()}", scheme)
+                drain = None
+                if args.forward:
+                    # Lag: events after the cursor plus retries waiting, when the load
+                    # stopped; then the seconds until both are 0 (bounded).
+                    def lag():
+                        return ((metric(proc, 'didgate_forward_lag_events{dest="bench"}') or 0)
+                                + (metric(proc, 'didgate_forward_retrying{dest="bench"}') or 0))
+                    delivered = (metric(proc, 'didgate_forward_delivered_total{dest="bench"}')
+                                 or 0) - delivered_before
+                    at_end, stopped = lag(), time.monotonic()
+                    while lag() > 0 and time.monotonic() - stopped < 120:
+                        time.sleep(0.1)
+                    drain = (delivered, at_end, time.monotonic() - stopped, lag())
+                if consumer:
+                    consumer.terminate()
+                    consumer.wait(timeout=30)
+                idle.close()
+                sampler.stop = True
+                sampler.join()
+                commits, events = stop_didgate(proc)
+                stored = stored_events(data)
+                fetched = archived(data) if args.archive else 0
+                sent, acked = ours["sent"] + idle.sent, ours["acked"] + idle.acked
+                ok = acked <= stored <= sent and ours["other"] == 0
+                quarters = []
+                for q in (1, 2, 3, 4):
+                    until = load_started + args.seconds * q / 4
+                    during = [(rss, anon) for t, rss, anon in sampler.samples
+                              if load_started <= t <= until]
+                    quarters.append(f"{during[-1][0] / 1024:.0f} ({during[-1][1] / 1024:.1f})"
+                                    if during else "-")
+                return (ours, sampler, commits, events, stored, ok, quarters, (sent, acked),
+                        fetched, drain)
+
+            # Off and on alternate their order pair by pair, so neither always runs second.
+            offs, ons = [], []
+            for i in range(args.pairs if compare else 1):
+                if not compare:
+                    ons.append(on_run())
+                elif i % 2 == 0:
+                    offs.append(off_run())
+                    ons.append(on_run())
+                else:
+                    ons.append(on_run())
+                    offs.append(off_run())
+            (ours, sampler, commits, events, stored, ok, quarters, (sent, acked), fetched,
+             drain) = ons[-1]
+            ok = all(r[5] for r in ons)
+            archive_off = None
+            if compare:
+                archive_off = dict(offs[-1])
+                archive_off["rps"] = sum(o["rps"] for o in offs) / len(offs)
+                archive_off["pairs"] = [on[0]["rps"] / off["rps"] for on, off in zip(ons, offs)]
+                ours = dict(ours)
+                ours["rps"] = sum(on[0]["rps"] for on in ons) / len(ons)
             rows.append((c, base, ours, sampler, commits, events, stored, ok, quarters,
-                         (sent, acked), plain, archive_off, fetched))
+                         (sent, acked), plain, archive_off, fetched, drain))
     finally:
         nginx.terminate()
         nginx.wait(timeout=10)
+        if sink:
+            sink.terminate()
+            sink.wait(timeout=10)
 
     print(f"\nmixed workload, {args.seconds} s per run, wrk -t2 on the same 2 cores"
           + (", nginx and didgate over TLS" if args.tls else "")
@@ -372,14 +507,16 @@ http {{
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     all_ok = True
     tls_kind = " (TLS)" if args.tls else ""
-    kind = tls_kind + (", archiver on" if args.archive else "")
+    side = ("archiver" if args.archive else "forwarding" if args.forward
+            else "consumer" if args.consume else "")
+    kind = tls_kind + (f", {side} on" if side else "")
     for (c, base, ours, sampler, commits, events, stored, ok, _, (sent, acked), plain,
-         archive_off, _) in rows:
+         archive_off, _, _) in rows:
         all_ok &= ok
         print(f"| {c} | nginx return 200{tls_kind} | {base['rps']:.0f} | {base['p50']:.2f} | "
               f"{base['p99']:.2f} | {base['other']} | | | | 1.00 | |")
         if archive_off:
-            print(f"| {c} | didgate durable, archiver off | {archive_off['rps']:.0f} | "
+            print(f"| {c} | didgate durable, {side} off | {archive_off['rps']:.0f} | "
                   f"{archive_off['p50']:.2f} | {archive_off['p99']:.2f} | "
                   f"{archive_off['other']} | | | | {archive_off['rps'] / base['rps']:.2f} | |")
         if plain:
@@ -401,8 +538,19 @@ http {{
             f"p99 {r[2]['p99'] / max(r[11]['p99'], 0.001):.2f} "
             f"({r[12]} recordings archived during the run)" for r in rows))
         files.terminate()
+    if args.forward or args.consume:
+        print(f"\n{side} on / off, same run: " + ", ".join(
+            f"{r[0]} conns req/s {r[2]['rps'] / r[11]['rps']:.2f} "
+            f"(pairs: {' '.join(f'{x:.2f}' for x in r[11]['pairs'])}) "
+            f"p99 {r[2]['p99'] / max(r[11]['p99'], 0.001):.2f}" for r in rows))
+    if args.forward:
+        for r in rows:
+            delivered, at_end, took, left = r[13]
+            print(f"  {r[0]} conns: {delivered:.0f} events delivered during the load "
+                  f"({delivered / args.seconds:.0f}/s), lag {at_end:.0f} when it stopped, "
+                  f"{'0' if left == 0 else f'still {left:.0f}'} after {took:.1f} s")
     print("\nRSS MiB (anonymous) at the end of each quarter of the didgate run:")
-    for c, *_, quarters, _, _, _, _ in rows:
+    for c, *_, quarters, _, _, _, _, _ in rows:
         print(f"  {c} conns: " + " / ".join(quarters))
     shutil.rmtree(work, ignore_errors=True)
     if not all_ok:
