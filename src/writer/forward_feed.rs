@@ -1,7 +1,8 @@
 //! The writer's side of forwarding: the dispatchers' reports are committed with the next
 //! batch (or, when ingest is idle, in a transaction of their own within a tick), each
 //! acknowledged once committed; the last committed sequence number is published for the
-//! dispatchers; and retention asks which destinations' undelivered events to keep.
+//! dispatchers. (Retention reads the configured destinations from the same `Link`, given to
+//! housekeeping when the writer starts.)
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -89,14 +90,5 @@ impl Feed {
             );
         }
         self.settled(result.is_ok());
-    }
-
-    /// The destinations configured now.
-    pub fn destinations(&self) -> Vec<String> {
-        self.link
-            .destinations
-            .lock()
-            .map(|d| d.clone())
-            .unwrap_or_default()
     }
 }

@@ -65,8 +65,9 @@ pub(super) struct Housekeeping {
     disk_free: Option<u64>,
     /// After a failed zero fill, no other is tried before this.
     fill_paused_until: Option<Instant>,
-    /// The forwarding destinations whose undelivered events retention keeps.
-    destinations: Vec<String>,
+    /// The forwarding destinations configured now, whose undelivered events retention keeps
+    /// (the forwarder replaces the list on reload).
+    destinations: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl Housekeeping {
@@ -93,13 +94,13 @@ impl Housekeeping {
             }),
             disk_free: None,
             fill_paused_until: None,
-            destinations: Vec::new(),
+            destinations: None,
         }
     }
 
-    /// Sets the destinations whose undelivered events retention keeps.
-    pub(super) fn protect(&mut self, destinations: Option<Vec<String>>) {
-        self.destinations = destinations.unwrap_or_default();
+    /// Keeps the events that the destinations of `list` have not delivered yet.
+    pub(super) fn protect(&mut self, list: std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        self.destinations = Some(list);
     }
 
     /// Runs what is due. `idle`: nothing is queued, so slower chores (pruning) may run.
@@ -353,8 +354,13 @@ impl Housekeeping {
         };
         let now = timestamp::now_ms();
         let cutoffs = Cutoffs::at(&policy, now);
+        let destinations = self
+            .destinations
+            .as_ref()
+            .map(|l| l.lock().map(|d| d.clone()).unwrap_or_default())
+            .unwrap_or_default();
         let protect = retention::Protect {
-            destinations: self.destinations.clone(),
+            destinations,
             force: ctx.health.is_disk_low(),
         };
         match retention::prune_slice(store, &cutoffs, &protect, &mut self.prune_cursor, now) {

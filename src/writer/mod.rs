@@ -326,7 +326,11 @@ struct Batcher {
 
 impl Batcher {
     fn new(store: Arc<Store>, ctx: Ctx, background: Background) -> Batcher {
-        let house = Housekeeping::new(&store, &ctx);
+        let mut house = Housekeeping::new(&store, &ctx);
+        if let Some(link) = &background.forward {
+            // From the first slice on: retention may run after the very first batch.
+            house.protect(link.destinations.clone());
+        }
         let recent = load_recent(&store, &ctx);
         Batcher {
             batch: Vec::with_capacity(ctx.settings.batch_max),
@@ -415,8 +419,6 @@ impl Batcher {
                 self.house.dirty = true;
             }
         }
-        let destinations = self.forward.as_ref().map(ForwardFeed::destinations);
-        self.house.protect(destinations);
         self.house.run(&self.store, &self.ctx, rx.is_empty());
         if self
             .house
@@ -640,135 +642,4 @@ fn commit_batch(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use queue::tests::job;
-
-    /// Production's settings but a small batch and queue, and no zero-filled room (one test
-    /// below turns it on to watch it).
-    fn settings(queue: usize) -> Settings {
-        Settings {
-            batch_max: 64,
-            queue_capacity: queue,
-            dedup_window: Duration::from_secs(3600),
-            file_headroom_bytes: 0,
-            ..Settings::default()
-        }
-    }
-
-    fn spawn(store: Store, settings: Settings) -> (Writer, Queue) {
-        Writer::spawn(
-            Arc::new(store),
-            settings,
-            Arc::default(),
-            Arc::default(),
-            Policy::default(),
-            Background::default(),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn stores_dedups_and_quarantines_then_answers() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_writer(dir.path(), 16 << 20).unwrap();
-        let (writer, queue) = spawn(store, settings(16));
-        let cases = [
-            (job("{\"a\":1}", None), Outcome::Stored(1)),
-            (job("{\"a\":1}", None), Outcome::Duplicate(1)),
-            (job("{\"a\":2}", None), Outcome::Stored(2)),
-            (job("{", Some("invalid JSON")), Outcome::Quarantined(1)),
-        ];
-        for (j, want) in cases {
-            let reply = j.reply.clone();
-            queue.submit(j).unwrap();
-            assert_eq!(reply.wait(), Some(want));
-        }
-        writer.stop().unwrap();
-        let reader = Store::open_reader(dir.path()).unwrap();
-        assert_eq!(reader.last_seq().unwrap(), Some(2));
-        let counts = reader.counts().unwrap();
-        assert_eq!(counts.duplicates.get("cdr"), Some(&1));
-        assert_eq!(counts.quarantined, 1);
-    }
-
-    #[test]
-    fn keeps_zero_filled_room_ahead_of_the_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_writer(dir.path(), 16 << 20).unwrap();
-        let metrics: Arc<Metrics> = Arc::default();
-        let want = 4 * HEADROOM_STEP;
-        let s = Settings {
-            file_headroom_bytes: want,
-            ..settings(1000)
-        };
-        let (writer, queue) = Writer::spawn(
-            Arc::new(store),
-            s,
-            metrics.clone(),
-            Arc::default(),
-            Policy::default(),
-            Background::default(),
-        )
-        .unwrap();
-        let headroom = || metrics.file_headroom_bytes.load(Ordering::Relaxed);
-        let file_len = || {
-            std::fs::metadata(dir.path().join("data.mdb"))
-                .unwrap()
-                .len()
-        };
-        let until = Instant::now() + Duration::from_secs(10);
-        while headroom() < want && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(headroom(), want, "filled while idle");
-        let filled = file_len();
-        let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(3000));
-        for i in 0..500 {
-            let j = job(&format!("{body}{i}"), None);
-            let reply = j.reply.clone();
-            queue.submit(j).unwrap();
-            assert!(matches!(reply.wait(), Some(Outcome::Stored(_))));
-        }
-        // The events went into the filled room; idle again, the writer tops it up by whole
-        // steps until less than a step is missing (the gauge is set once a fill is done). The
-        // file grew only by those steps: no commit wrote past its end.
-        let until = Instant::now() + Duration::from_secs(10);
-        while (file_len() == filled || headroom() + HEADROOM_STEP <= want) && Instant::now() < until
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let grown = file_len() - filled;
-        assert!(grown > 0 && grown % HEADROOM_STEP == 0, "{grown}");
-        assert!(headroom() + HEADROOM_STEP > want, "{}", headroom());
-        writer.stop().unwrap();
-        let reader = Store::open_reader(dir.path()).unwrap();
-        assert_eq!(reader.last_seq().unwrap(), Some(500));
-        assert!(reader.check().unwrap().problems.is_empty());
-    }
-
-    #[test]
-    fn stop_commits_what_is_queued() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_writer(dir.path(), 16 << 20).unwrap();
-        let (writer, queue) = spawn(store, settings(1000));
-        let replies: Vec<_> = (0..500)
-            .map(|i| {
-                let j = job(&format!("{{\"i\":{i}}}"), None);
-                let r = j.reply.clone();
-                queue.submit(j).unwrap();
-                r
-            })
-            .collect();
-        writer.stop().unwrap();
-        // Every reply is settled by now: none of these waits parks.
-        for r in replies {
-            assert!(r.is_settled());
-            assert!(matches!(r.wait(), Some(Outcome::Stored(_))));
-        }
-        assert_eq!(
-            Store::open_reader(dir.path()).unwrap().last_seq().unwrap(),
-            Some(500)
-        );
-    }
-}
+mod tests;
