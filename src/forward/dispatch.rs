@@ -145,8 +145,19 @@ impl Handle {
 
     /// Stops the dispatcher after its last report; its sender threads end after their
     /// attempt under way.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.signal();
+        self.join();
+    }
+
+    /// Tells the dispatcher to stop (it lets attempts under way finish for up to
+    /// [`DRAIN_ON_STOP`], then reports).
+    pub fn signal(&self) {
         self.stop.store(true, Relaxed);
+    }
+
+    /// Waits for the dispatcher to end.
+    pub fn join(mut self) {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -246,8 +246,12 @@ impl Forwarder {
     /// Stops every dispatcher (their last reports are sent to the writer first); attempts
     /// under way are abandoned and sent again at the next start.
     pub fn stop(self) {
+        // All at once: each may wait up to its drain time for attempts under way.
+        for (_, handle) in self.running.values() {
+            handle.signal();
+        }
         for (_, (_, handle)) in self.running {
-            handle.stop();
+            handle.join();
         }
     }
 }
