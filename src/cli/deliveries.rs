@@ -53,18 +53,8 @@ fn rows(store: &Store, configured: Option<&[Destination]>) -> Result<Vec<Row>> {
 
 /// Age in seconds of the oldest event `dest` has not been sent successfully.
 fn lag_seconds(store: &Store, dest: &str, s: &DestState, last: u64) -> Result<u64> {
-    let mut oldest = (last > s.cursor).then_some(s.cursor + 1);
-    if let Some((seq, _)) = store.first_retry(dest)? {
-        oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
-    }
-    let Some(seq) = oldest else {
-        return Ok(0);
-    };
-    let at = store
-        .events_forward(seq, 1, |_, _| true)?
-        .items
-        .first()
-        .map(|e| e.stored_at_ms);
+    let unsettled = (last > s.cursor).then_some(s.cursor + 1);
+    let at = store.oldest_owed_ms(dest, unsettled)?;
     Ok(at.map_or(0, |t| {
         u64::try_from((timestamp::now_ms() - t) / 1000).unwrap_or(0)
     }))
@@ -203,12 +193,7 @@ pub fn dead(store: &Store, dest: &str, out: &mut impl Write) -> Result<()> {
         out,
         |from| Ok(store.dead_page(dest, from, SCAN_CHUNK)?),
         |seq, d| {
-            let ev = store
-                .events_forward(seq, 1, |_, _| true)?
-                .items
-                .into_iter()
-                .next()
-                .filter(|e| e.seq == seq);
+            let ev = store.event(seq)?;
             Ok(serde_json::json!({
                 "seq": seq,
                 "kind": ev.as_ref().map(|e| e.kind.clone()),

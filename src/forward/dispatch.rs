@@ -361,19 +361,10 @@ impl Dispatcher {
             .find(|(_, settled)| !**settled)
             .map(|(s, _)| *s)
             .or((committed > self.cursor).then_some(self.cursor + 1));
-        let retry = self.store.first_retry(&self.dest.name).ok().flatten();
-        let oldest = match (unsettled, retry.map(|(s, _)| s)) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(s) => s,
-                None => return 0,
-            },
-        };
-        let from = match self.store.events_forward(oldest, 1, |_, _| true) {
-            Ok(p) => p.items.first().map(|e| e.stored_at_ms),
-            Err(_) => None,
-        };
-        from.map_or(0, |t| u64::try_from((now_ms() - t) / 1000).unwrap_or(0))
+        let from = self.store.oldest_owed_ms(&self.dest.name, unsettled);
+        from.ok()
+            .flatten()
+            .map_or(0, |t| u64::try_from((now_ms() - t) / 1000).unwrap_or(0))
     }
 
     /// Resumed, or answering again: send at once, and make the whole retry set due.

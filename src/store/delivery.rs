@@ -614,6 +614,23 @@ impl Store {
         Ok(scan)
     }
 
+    /// When the oldest event `dest` still owes was stored: the first event at or after
+    /// `unsettled` (the first one after its cursor not yet sent successfully), or its first
+    /// retry entry, whichever is older. `None` when it owes nothing still stored.
+    ///
+    /// # Errors
+    /// LMDB errors, or damage.
+    pub fn oldest_owed_ms(&self, dest: &str, unsettled: Option<u64>) -> Result<Option<i64>> {
+        let retry = self.first_retry(dest)?.map(|(s, _)| s);
+        let oldest = match (unsettled, retry) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(s), None) | (None, Some(s)) => s,
+            (None, None) => return Ok(None),
+        };
+        let page = self.events_forward(oldest, 1, |_, _| true)?;
+        Ok(page.items.first().map(|e| e.stored_at_ms))
+    }
+
     /// `dest`'s first retry entry (the head of an ordered destination).
     ///
     /// # Errors

@@ -260,6 +260,18 @@ impl Store {
         }
     }
 
+    /// Event `seq`, when it is stored.
+    ///
+    /// # Errors
+    /// LMDB errors, or a record that does not decode.
+    pub fn event(&self, seq: u64) -> Result<Option<StoredEvent>> {
+        let txn = self.read_txn()?;
+        match get_seq(&txn, self.dbs.events, seq)? {
+            Some(v) => Ok(Some(StoredEvent::from_record(seq, &decode_at(seq, v)?))),
+            None => Ok(None),
+        }
+    }
+
     /// The persistent counters.
     ///
     /// # Errors

@@ -166,10 +166,7 @@ impl Dispatcher {
                     return None;
                 }
                 self.sweep = false;
-                let event = match self.store.events_forward(seq, 1, |_, _| true) {
-                    Ok(p) => p.items.into_iter().next().filter(|e| e.seq == seq),
-                    Err(_) => return None,
-                };
+                let event = self.store.event(seq).ok()?;
                 self.take_retry(DueRetry { seq, entry, event })
             }
             _ => self.next_stream(),
