@@ -81,24 +81,6 @@ impl Feed {
         self.feed_at = Instant::now();
     }
 
-    /// Commits the collected outcomes in a transaction of their own (the writer is idle).
-    pub fn commit_alone(&mut self, store: &Store, now_ms: i64) {
-        if self.updates.is_empty() {
-            return;
-        }
-        let result = store.begin_write(now_ms).and_then(|mut txn| {
-            self.write(&mut txn)?;
-            txn.commit()
-        });
-        if let Err(e) = &result {
-            crate::ops::log::warn_limited(
-                "archive-commit",
-                format_args!("cannot commit recordings' archive state: {e}"),
-            );
-        }
-        self.settled(result.is_ok());
-    }
-
     /// Hands due recordings to the archiver threads while their window has room.
     pub fn feed(&mut self, store: &Store, now_ms: i64, metrics: &Metrics) {
         use std::sync::atomic::Ordering::Relaxed;

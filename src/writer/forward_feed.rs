@@ -1,13 +1,13 @@
 //! The writer's side of forwarding: the dispatchers' reports are committed with the next
-//! batch (or, when ingest is idle, in a transaction of their own within a tick), each
-//! acknowledged once committed; the last committed sequence number is published for the
-//! dispatchers. (Retention reads the configured destinations from the same `Link`, given to
-//! housekeeping when the writer starts.)
+//! batch (or, when ingest is idle, within a tick, in the one transaction the writer commits
+//! for the background jobs), each acknowledged once committed; the last committed sequence
+//! number is published for the dispatchers. (Retention reads the configured destinations
+//! from the same `Link`, given to housekeeping when the writer starts.)
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::forward::{Link, Report};
-use crate::store::{self, Store, WriteTxn};
+use crate::store::{self, WriteTxn};
 
 /// Most reports committed in one transaction.
 const MAX_REPORTS_PER_COMMIT: usize = 256;
@@ -72,23 +72,5 @@ impl Feed {
             let old = p.load(Relaxed);
             p.store((old * 7 + events as u64) / 8, Relaxed);
         }
-    }
-
-    /// Commits the collected reports in a transaction of their own (ingest is idle).
-    pub fn commit_alone(&mut self, store: &Store, now_ms: i64) {
-        if self.reports.is_empty() {
-            return;
-        }
-        let result = store.begin_write(now_ms).and_then(|mut txn| {
-            self.write(&mut txn, now_ms)?;
-            txn.commit()
-        });
-        if let Err(e) = &result {
-            crate::ops::log::warn_limited(
-                "forward-commit",
-                format_args!("cannot commit forwarding progress: {e}"),
-            );
-        }
-        self.settled(result.is_ok());
     }
 }

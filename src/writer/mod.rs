@@ -388,9 +388,8 @@ impl Batcher {
         // The dispatchers' last reports (they stop before the writer).
         if let Some(feed) = &mut self.forward {
             feed.collect();
-            let now = timestamp::now_ms().max(self.last_ms);
-            feed.commit_alone(&self.store, now);
         }
+        self.commit_background();
         self.house.sync(&self.store, &self.ctx);
         Ok(())
     }
@@ -400,24 +399,13 @@ impl Batcher {
     fn idle(&mut self, rx: &Receiver<Job>) {
         if let Some(feed) = &mut self.archive {
             feed.collect();
-            if feed.has_updates() && !self.ctx.health.is_disk_low() {
-                let now = timestamp::now_ms().max(self.last_ms);
-                self.last_ms = now;
-                feed.commit_alone(&self.store, now);
-                self.house.mapped = true;
-                self.house.dirty = true;
-            }
         }
         if let Some(feed) = &mut self.forward {
             feed.pressure(0, true);
             feed.collect();
-            if feed.has_reports() && !self.ctx.health.is_disk_low() {
-                let now = timestamp::now_ms().max(self.last_ms);
-                self.last_ms = now;
-                feed.commit_alone(&self.store, now);
-                self.house.mapped = true;
-                self.house.dirty = true;
-            }
+        }
+        if !self.ctx.health.is_disk_low() {
+            self.commit_background();
         }
         self.house.run(&self.store, &self.ctx, rx.is_empty());
         if self
@@ -427,6 +415,41 @@ impl Batcher {
             // The fill's fdatasync also flushed the last commit's meta page.
             self.unsynced.wake(&self.wakeup);
         }
+    }
+
+    /// Commits what the background jobs sent (archive outcomes, forwarding reports) in one
+    /// transaction of its own, when there is any: ingest is idle, or stopping.
+    fn commit_background(&mut self) {
+        let archive = self.archive.as_ref().filter(|f| f.has_updates());
+        let forward = self.forward.as_ref().filter(|f| f.has_reports());
+        if archive.is_none() && forward.is_none() {
+            return;
+        }
+        let now = timestamp::now_ms().max(self.last_ms);
+        self.last_ms = now;
+        let result = self.store.begin_write(now).and_then(|mut txn| {
+            if let Some(feed) = archive {
+                feed.write(&mut txn)?;
+            }
+            if let Some(feed) = forward {
+                feed.write(&mut txn, now)?;
+            }
+            txn.commit()
+        });
+        if let Err(e) = &result {
+            crate::ops::log::warn_limited(
+                "background-commit",
+                format_args!("cannot commit the archive's and forwarding's state: {e}"),
+            );
+        }
+        if let Some(feed) = &mut self.archive {
+            feed.settled(result.is_ok());
+        }
+        if let Some(feed) = &mut self.forward {
+            feed.settled(result.is_ok());
+        }
+        self.house.mapped = true;
+        self.house.dirty = true;
     }
 
     /// Commits the batch and queues its answers; a failed commit answers 503.
