@@ -621,6 +621,7 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
 }
 
 mod forward;
+mod nats;
 mod recordings;
 mod tls;
 

@@ -47,21 +47,46 @@ pub(super) enum RateFile {
     Float(f64),
 }
 
-/// One `[[forward]]` as written.
+/// `url`: one, or (NATS) several servers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum UrlFile {
+    One(String),
+    Several(Vec<String>),
+}
+
+/// One `[[forward]]` as written: the keys every destination has, then those of a NATS one
+/// (`config/nats.rs`).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ForwardFile {
     name: Option<String>,
-    url: Option<String>,
+    #[serde(rename = "type")]
+    transport: Option<String>,
+    pub(super) url: Option<UrlFile>,
     kinds: Option<Vec<String>>,
     headers: Option<BTreeMap<String, String>>,
-    secret: Option<SecretFile>,
+    pub(super) secret: Option<SecretFile>,
     timeout: Option<String>,
     max_in_flight: Option<usize>,
     ordered: Option<bool>,
     rate_limit: Option<RateFile>,
     retry: Option<Vec<String>>,
     max_age: Option<String>,
+    pub(super) user: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) creds: Option<String>,
+    pub(super) tls_ca: Option<String>,
+    pub(super) tls_cert: Option<String>,
+    pub(super) tls_key: Option<String>,
+    pub(super) subject: Option<String>,
+    pub(super) stream: Option<String>,
+    pub(super) create_stream: Option<bool>,
+    pub(super) subjects: Option<Vec<String>>,
+    pub(super) storage: Option<String>,
+    pub(super) duplicate_window: Option<String>,
+    pub(super) appliance: Option<String>,
 }
 
 /// Validates every `[[forward]]`.
@@ -100,14 +125,42 @@ fn destination(f: &ForwardFile) -> Result<Destination, Error> {
         .ok_or_else(|| bad("forward.name", "every [[forward]] needs a name"))?;
     state::check_name(&name).map_err(|e| bad("forward.name", e))?;
     let key = |k: &str| format!("forward.{k}");
-    let url = f.url.clone().ok_or_else(|| {
-        bad(
-            &key("url"),
-            format_args!("destination {name:?} needs a url"),
-        )
-    })?;
-    check_url(&url).map_err(|e| bad(&key("url"), format_args!("{url:?}: {e}")))?;
-    let mut d = Destination::new(&name, &url);
+    let is_nats = match f.transport.as_deref() {
+        None | Some("http") => false,
+        Some("nats") => true,
+        Some(other) => {
+            return Err(bad(
+                &key("type"),
+                format_args!("{other:?}: \"http\" (the default) or \"nats\""),
+            ));
+        }
+    };
+    let mut d = if is_nats {
+        let mut d = Destination::new(&name, "");
+        super::nats::settings(f, &mut d)?;
+        d
+    } else {
+        if let Some((k, _)) = super::nats::NATS_KEYS.iter().find(|(_, set)| set(f)) {
+            return Err(bad(
+                &key(k),
+                format_args!("only a NATS destination has it (type = \"nats\")"),
+            ));
+        }
+        let url = match &f.url {
+            Some(UrlFile::One(u)) => u.clone(),
+            Some(UrlFile::Several(_)) => {
+                return Err(bad(&key("url"), "an HTTP destination has one url"));
+            }
+            None => {
+                return Err(bad(
+                    &key("url"),
+                    format_args!("destination {name:?} needs a url"),
+                ));
+            }
+        };
+        check_url(&url).map_err(|e| bad(&key("url"), format_args!("{url:?}: {e}")))?;
+        Destination::new(&name, &url)
+    };
     if let Some(kinds) = &f.kinds {
         for k in kinds {
             if !Hook::ALL.iter().any(|h| h.name() == k) {
@@ -129,7 +182,12 @@ fn destination(f: &ForwardFile) -> Result<Destination, Error> {
         }
         for (k, v) in headers {
             let lower = k.to_ascii_lowercase();
-            if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-didgate-") {
+            let reserved = if is_nats {
+                super::nats::reserved_header(&lower)
+            } else {
+                RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-didgate-")
+            };
+            if reserved {
                 return Err(bad(
                     &key("headers"),
                     format_args!("{k:?} is set by didgate itself"),
@@ -166,12 +224,20 @@ fn destination(f: &ForwardFile) -> Result<Destination, Error> {
             format_args!("at most {}", humantime::format_duration(MAX_TIMEOUT)),
         ));
     }
+    let (default_in_flight, max_in_flight) = if is_nats {
+        (
+            forward::nats::DEFAULT_IN_FLIGHT,
+            forward::nats::MAX_IN_FLIGHT,
+        )
+    } else {
+        (forward::DEFAULT_MAX_IN_FLIGHT, forward::MAX_IN_FLIGHT)
+    };
     d.max_in_flight = super::in_range(
         &key("max_in_flight"),
         f.max_in_flight,
-        forward::DEFAULT_MAX_IN_FLIGHT,
+        default_in_flight,
         1,
-        forward::MAX_IN_FLIGHT,
+        max_in_flight,
     )?;
     d.ordered = f.ordered.unwrap_or(false);
     d.rate_limit = match f.rate_limit {
@@ -222,6 +288,7 @@ fn check_url(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward::{Transport, nats};
 
     fn parse(text: &str) -> Result<Vec<Destination>, Error> {
         #[derive(Deserialize)]
@@ -345,5 +412,128 @@ mod tests {
                 .message
                 .contains("two destinations")
         );
+    }
+
+    #[test]
+    fn a_nats_destination_is_read_with_every_key() {
+        let creds = tempfile::NamedTempFile::new().unwrap();
+        let path = creds.path().display().to_string();
+        let d = parse(&format!(
+            r#"
+            [[forward]]
+            name = "bus"
+            type = "nats"
+            url = ["nats://10.0.0.1:4222", "tls://nats.example:4222"]
+            creds = "{path}"
+            subject = "acme.{{appliance}}.{{kind}}"
+            stream = "DIDLOGIC"
+            create_stream = true
+            subjects = ["acme.>"]
+            storage = "memory"
+            duplicate_window = "30m"
+            appliance = "site-a"
+            headers = {{ Tenant = "acme" }}
+            max_in_flight = 2048
+
+            [[forward]]
+            name = "plain"
+            type = "nats"
+            url = "nats://a:4222, nats://b:4222"
+            token = "t0ken"
+            "#
+        ))
+        .unwrap();
+        let Transport::Nats(s) = &d[0].transport else {
+            panic!("not nats")
+        };
+        assert_eq!(s.servers.len(), 2);
+        assert_eq!(s.auth, nats::Auth::Creds(creds.path().to_path_buf()));
+        assert_eq!(s.subject_for("cdr"), "acme.site-a.cdr");
+        assert_eq!(s.stream.as_deref(), Some("DIDLOGIC"));
+        assert!(s.create_stream);
+        assert_eq!(s.stream_subjects(), ["acme.>"]);
+        assert_eq!(s.storage, nats::Storage::Memory);
+        assert_eq!(s.duplicate_window, Duration::from_secs(1800));
+        assert_eq!(d[0].max_in_flight, 2048);
+        assert_eq!((d[0].batch(), d[0].lanes()), (nats::PUBLISH_BATCH, 8));
+        let Transport::Nats(p) = &d[1].transport else {
+            panic!("not nats")
+        };
+        assert_eq!(p.servers, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(p.auth, nats::Auth::Token("t0ken".into()));
+        assert_eq!(p.subject_for("sms"), "didlogic.sms");
+        assert_eq!(p.duplicate_window, nats::DEFAULT_DUPLICATE_WINDOW);
+        assert_eq!(d[1].max_in_flight, nats::DEFAULT_IN_FLIGHT);
+        assert_eq!(d[1].url, "nats://a:4222, nats://b:4222");
+    }
+
+    #[test]
+    fn nats_mistakes_name_their_key() {
+        let n = "name = \"a\"\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"";
+        let cases = [
+            (
+                "name = \"a\"\ntype = \"kafka\"\nurl = \"http://a/\"",
+                "forward.type",
+            ),
+            (
+                "name = \"a\"\nurl = \"http://a/\"\nsubject = \"x\"",
+                "forward.subject",
+            ),
+            ("name = \"a\"\nurl = [\"http://a/\"]", "forward.url"),
+            ("name = \"a\"\ntype = \"nats\"", "forward.url"),
+            (
+                "name = \"a\"\ntype = \"nats\"\nurl = \"http://a:4222\"",
+                "forward.url",
+            ),
+            (
+                &format!("{n}\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\""),
+                "forward.secret",
+            ),
+            (&format!("{n}\nuser = \"u\""), "forward.password"),
+            (
+                &format!("{n}\nuser = \"u\"\npassword = \"p\"\ntoken = \"t\""),
+                "forward.creds",
+            ),
+            (
+                &format!("{n}\ncreds = \"/nonexistent/x.creds\""),
+                "forward.creds",
+            ),
+            (&format!("{n}\nsubject = \"a.*\""), "forward.subject"),
+            (&format!("{n}\nsubject = \"a.{{kin}}\""), "forward.subject"),
+            (&format!("{n}\nstream = \"a.b\""), "forward.stream"),
+            (
+                &format!("{n}\ncreate_stream = true"),
+                "forward.create_stream",
+            ),
+            (
+                &format!("{n}\nstream = \"S\"\nduplicate_window = \"20m\""),
+                "forward.duplicate_window",
+            ),
+            (
+                &format!("{n}\nstream = \"S\"\ncreate_stream = true\nstorage = \"disk\""),
+                "forward.storage",
+            ),
+            (&format!("{n}\nappliance = \"a b\""), "forward.appliance"),
+            (
+                &format!("{n}\nheaders = {{ Nats-Msg-Id = \"x\" }}"),
+                "forward.headers",
+            ),
+            (
+                &format!("{n}\nheaders = {{ Didgate-Seq = \"1\" }}"),
+                "forward.headers",
+            ),
+            (
+                &format!("{n}\nmax_in_flight = 100000"),
+                "forward.max_in_flight",
+            ),
+            (
+                &format!("{n}\ntls_cert = \"/etc/hostname\""),
+                "forward.tls_key",
+            ),
+        ];
+        for (body, key) in cases {
+            let e = parse(&format!("[[forward]]\n{body}")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{body}: {}", e.message);
+        }
     }
 }

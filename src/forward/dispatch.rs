@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
 use super::metrics::DestMetrics;
+use super::nats;
 use super::schedule::{self, Next, Outcome};
-use super::send::{self, Attempt, Client, Done, Source};
+use super::send::{self, Attempt, Client, Done, Lane, Source};
 use super::state::{DeadEntry, RetryEntry};
-use super::{Destination, Report};
+use super::{Destination, Report, Transport};
 
 mod pick;
 use crate::ops::log;
@@ -49,9 +50,6 @@ pub const MAX_WINDOW: usize = 16_384;
 pub const RETRY_SCAN_BUDGET: usize = 1024;
 /// Due retry entries taken per read transaction.
 pub const RETRY_BATCH: usize = 64;
-/// Most attempts handed to a sender thread at once (it sends them one after the other).
-/// Batches are smaller when less is waiting, so a quiet destination gets each event at once.
-pub const SENDER_BATCH: usize = 32;
 /// Longest wait before the retry set is looked at again.
 pub const RETRY_IDLE: Duration = Duration::from_secs(1);
 /// How often the stored state (pause, resume, counts) is read back, and the lag measured.
@@ -79,15 +77,20 @@ impl Handle {
         committed: Arc<AtomicU64>,
         pressure: Arc<AtomicU64>,
     ) -> std::io::Result<Handle> {
-        let cap = dest.in_flight_cap();
-        let (attempts, attempt_rx) = crossbeam_channel::bounded(cap);
+        let lanes = dest.lanes();
         let (done_tx, results) = crossbeam_channel::unbounded();
-        send::spawn(
-            &Arc::new(Client::new(dest.clone())),
-            cap,
-            &attempt_rx,
-            &done_tx,
-        )?;
+        let attempts = match &dest.transport {
+            Transport::Http => {
+                let (tx, rx) = crossbeam_channel::bounded(lanes);
+                send::spawn(&Arc::new(Client::new(dest.clone())), lanes, &rx, &done_tx)?;
+                Lane::Threads(tx)
+            }
+            Transport::Nats(settings) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(lanes);
+                nats::spawn(&dest, settings.clone(), rx, done_tx)?;
+                Lane::Nats(tx)
+            }
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let (ack_tx, acks) = crossbeam_channel::unbounded();
         let d = Dispatcher {
@@ -171,7 +174,7 @@ struct Dispatcher {
     reports: Sender<Report>,
     ack_tx: Sender<u64>,
     acks: Receiver<u64>,
-    attempts: Sender<Vec<Attempt>>,
+    attempts: Lane,
     results: Receiver<Vec<Done>>,
     committed: Arc<AtomicU64>,
     /// How hard ingest is pressed (the writer's events per commit).
@@ -411,7 +414,7 @@ impl Dispatcher {
         let senders = if single || pressed {
             1
         } else {
-            self.dest.in_flight_cap()
+            self.dest.lanes()
         };
         while self.busy_senders < senders {
             if self.ahead.is_empty() && !single {
@@ -424,7 +427,7 @@ impl Dispatcher {
             } else {
                 waiting
                     .div_ceil(senders - self.busy_senders)
-                    .clamp(1, SENDER_BATCH)
+                    .clamp(1, self.dest.batch())
             };
             let mut batch = Vec::with_capacity(size);
             while batch.len() < size && self.take_token(now) {
@@ -525,7 +528,10 @@ impl Dispatcher {
             }
         };
         match d.outcome {
-            Outcome::Delivered(_) => {
+            Outcome::Delivered(_) | Outcome::Duplicate => {
+                if d.outcome == Outcome::Duplicate {
+                    self.m.duplicates.fetch_add(1, Relaxed);
+                }
                 self.m.delivered.fetch_add(1, Relaxed);
                 self.streak = 0;
                 if self.hold_until.is_some() {

@@ -15,8 +15,10 @@ const ATTEMPT_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 
 /// One destination's series.
 pub struct DestMetrics {
-    /// Events delivered (2xx).
+    /// Events delivered (2xx, or a NATS PubAck).
     pub delivered: AtomicU64,
+    /// Of those, NATS PubAcks saying the stream already had the message.
+    pub duplicates: AtomicU64,
     /// Failed attempts, by [`Class`].
     pub failed: [AtomicU64; Class::ALL.len()],
     /// Events given up on.
@@ -43,6 +45,7 @@ impl Default for DestMetrics {
     fn default() -> Self {
         DestMetrics {
             delivered: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             failed: std::array::from_fn(|_| AtomicU64::new(0)),
             dead_total: AtomicU64::new(0),
             dead: AtomicU64::new(0),
@@ -105,12 +108,18 @@ impl Registry {
             return;
         }
         type Get = fn(&DestMetrics) -> u64;
-        let rows: [(&str, &str, &str, Get); 9] = [
+        let rows: [(&str, &str, &str, Get); 10] = [
             (
                 "didgate_forward_delivered_total",
                 "counter",
                 "Events delivered (2xx) per destination.",
                 |m| m.delivered.load(Relaxed),
+            ),
+            (
+                "didgate_forward_duplicates_total",
+                "counter",
+                "Events a NATS destination's stream already had (PubAck duplicate), counted as delivered.",
+                |m| m.duplicates.load(Relaxed),
             ),
             (
                 "didgate_forward_dead_letters_total",

@@ -16,6 +16,7 @@
 
 pub mod dispatch;
 pub mod metrics;
+pub mod nats;
 pub mod schedule;
 pub mod send;
 pub mod signature;
@@ -37,7 +38,7 @@ use signature::Secret;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts under way at once per destination.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
-/// Most attempts a destination may have under way (one sender thread each).
+/// Most attempts an HTTP destination may have under way (one sender thread each).
 pub const MAX_IN_FLIGHT: usize = 64;
 /// How long an event is retried after its first attempt before it goes to the dead letters.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3 * 24 * 3600);
@@ -61,13 +62,25 @@ pub const PRESSURE_PAUSE: Duration = Duration::from_millis(25);
 /// niceness) goes first and deliveries wait, their backlog in the store.
 pub const NICENESS: libc::c_int = 19;
 
+/// How a destination is reached.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transport {
+    /// HTTP POST to `url` (`type = "http"`, the default).
+    Http,
+    /// Publish to NATS JetStream (`type = "nats"`).
+    Nats(Arc<nats::Settings>),
+}
+
 /// One `[[forward]]` destination.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Destination {
     /// Its name: store key, metrics label, CLI argument.
     pub name: String,
-    /// Where events are POSTed (http or https).
+    /// Where events go: the URL events are POSTed to (http or https), or a NATS
+    /// destination's servers, comma-separated.
     pub url: String,
+    /// How.
+    pub transport: Transport,
     /// Kinds sent; empty: every kind.
     pub kinds: Vec<String>,
     /// Extra request headers.
@@ -76,7 +89,8 @@ pub struct Destination {
     pub secrets: Vec<Secret>,
     /// Longest one attempt may take.
     pub timeout: Duration,
-    /// Attempts under way at once (1 when `ordered`).
+    /// Attempts under way at once (1 when `ordered`): HTTP requests, or NATS publishes
+    /// awaiting their PubAck.
     pub max_in_flight: usize,
     /// Deliver strictly in sequence, one at a time: an event waits for the one before it to
     /// be delivered or dead.
@@ -95,6 +109,7 @@ impl Destination {
         Destination {
             name: name.to_string(),
             url: url.to_string(),
+            transport: Transport::Http,
             kinds: Vec::new(),
             headers: Vec::new(),
             secrets: Vec::new(),
@@ -114,10 +129,33 @@ impl Destination {
 
     /// Attempts under way at once, as it will run.
     pub fn in_flight_cap(&self) -> usize {
+        let max = match self.transport {
+            Transport::Http => MAX_IN_FLIGHT,
+            Transport::Nats(_) => nats::MAX_IN_FLIGHT,
+        };
         if self.ordered {
             1
         } else {
-            self.max_in_flight.clamp(1, MAX_IN_FLIGHT)
+            self.max_in_flight.clamp(1, max)
+        }
+    }
+
+    /// Most attempts in one batch handed to a lane: an HTTP sender thread sends its batch
+    /// one request after the other; a NATS publisher sends a batch's messages back to back
+    /// and then awaits their acks, so its batches are larger.
+    pub fn batch(&self) -> usize {
+        match self.transport {
+            Transport::Http => send::SENDER_BATCH,
+            Transport::Nats(_) => self.in_flight_cap().min(nats::PUBLISH_BATCH),
+        }
+    }
+
+    /// Batches under way at once: one per HTTP sender thread; for NATS, as many as keep
+    /// `max_in_flight` acks outstanding.
+    pub fn lanes(&self) -> usize {
+        match self.transport {
+            Transport::Http => self.in_flight_cap(),
+            Transport::Nats(_) => self.in_flight_cap().div_ceil(self.batch()),
         }
     }
 }

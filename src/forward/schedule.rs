@@ -25,16 +25,20 @@ pub enum Class {
     Client,
     /// 5xx.
     Server,
+    /// A NATS destination's server refused the message: no stream takes its subject, a
+    /// JetStream error, a message over the server's size limit.
+    Rejected,
 }
 
 impl Class {
     /// Every class, in label order.
-    pub const ALL: [Class; 5] = [
+    pub const ALL: [Class; 6] = [
         Class::Timeout,
         Class::Connection,
         Class::Redirect,
         Class::Client,
         Class::Server,
+        Class::Rejected,
     ];
 
     /// The metrics label.
@@ -45,6 +49,7 @@ impl Class {
             Class::Redirect => "3xx",
             Class::Client => "4xx",
             Class::Server => "5xx",
+            Class::Rejected => "rejected",
         }
     }
 
@@ -62,8 +67,11 @@ impl Class {
 /// One attempt's outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// 2xx.
+    /// 2xx, or a NATS PubAck (reported as 200).
     Delivered(u16),
+    /// A NATS PubAck saying the stream already had the message (same `Nats-Msg-Id` within
+    /// its duplicate window): delivered, by this appliance or another.
+    Duplicate,
     /// Anything else.
     Failed(Failure),
 }

@@ -21,6 +21,9 @@ use super::state::RetryEntry;
 pub const MAX_RESPONSE_BYTES: u64 = 64 * 1024;
 /// Most characters of an error kept in a retry entry or the log.
 pub const MAX_ERROR_CHARS: usize = 300;
+/// Most attempts handed to a sender thread at once (it sends them one after the other).
+/// Batches are smaller when less is waiting, so a quiet destination gets each event at once.
+pub const SENDER_BATCH: usize = 32;
 /// Longest wait for a connection to open (within `timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a destination's resolved addresses are used before they are looked up again.
@@ -103,6 +106,8 @@ pub struct Attempt {
     pub seq: u64,
     /// Its kind.
     pub kind: String,
+    /// When it was committed, ms since the epoch.
+    pub stored_at_ms: i64,
     /// Its Content-Type as received.
     pub content_type: Vec<u8>,
     /// Its body as received.
@@ -117,6 +122,29 @@ impl Attempt {
         match &self.source {
             Source::Stream => 1,
             Source::Retry(e) => e.attempts.saturating_add(1),
+        }
+    }
+}
+
+/// Where a dispatcher hands its batches of attempts: the sender threads of an HTTP
+/// destination, or the publisher of a NATS one (its own runtime, so the channel is tokio's;
+/// both are bounded to the destination's lanes, and sending never blocks).
+pub enum Lane {
+    /// HTTP sender threads.
+    Threads(Sender<Vec<Attempt>>),
+    /// A NATS publisher.
+    Nats(tokio::sync::mpsc::Sender<Vec<Attempt>>),
+}
+
+impl Lane {
+    /// Hands over a batch, or gives it back when every lane is busy or the receiver is gone.
+    pub fn try_send(&self, batch: Vec<Attempt>) -> Result<(), Vec<Attempt>> {
+        match self {
+            Lane::Threads(tx) => tx.try_send(batch).map_err(|e| e.into_inner()),
+            Lane::Nats(tx) => tx.try_send(batch).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(b)
+                | tokio::sync::mpsc::error::TrySendError::Closed(b) => b,
+            }),
         }
     }
 }

@@ -14,6 +14,7 @@ mod flood;
 mod forward;
 mod http_contract;
 mod ingest;
+mod nats;
 mod powercut;
 mod reader;
 mod recordings;

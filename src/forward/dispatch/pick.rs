@@ -18,6 +18,7 @@ impl Dispatcher {
         Attempt {
             seq: ev.seq,
             kind: ev.kind,
+            stored_at_ms: ev.stored_at_ms,
             content_type: ev.content_type,
             body: ev.body,
             source,
