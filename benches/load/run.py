@@ -12,6 +12,7 @@ of the box), same machine, same run, same wrk workload.
     python3 benches/load/run.py --forward --conns 256   # forwarding off vs on, saturated
     python3 benches/load/run.py --forward --conns 256 --pace 10   # ... at ~20,000 events/s
     python3 benches/load/run.py --consume --conns 256   # a `consume --exec --follow` beside
+    python3 benches/load/run.py --nats --conns 256      # NATS JetStream publishing off vs on
 
 It builds didgate in release mode, installs wrk and nginx from Debian when missing, starts
 both servers on loopback ports of a temp directory, runs the mixed workload (70% CDR, 20%
@@ -46,6 +47,12 @@ load stopped, and how long it took to drain to 0 after. With --consume, the "on"
 `didgate consume bench --exec 'cat >/dev/null' --follow` beside it, whose cursor moves in a
 short write transaction of its own at most once a second (batches of
 --consume-batch events, 100 by default).
+
+With --nats, the "on" run publishes to a local `nats-server -js` (Debian's nats-server, at
+the lowest priority like the HTTP sink: the NATS servers are not on the box in production),
+stream BENCH created by didgate with file storage. It prints what --forward prints, and then
+measures the catch-up rate: one more run with the destination paused (`didgate pause`) during
+the load, then resumed; the events published from the resume until the lag is 0, per second.
 
 With --pace MS each connection waits MS before each request: a steady rate of about
 connections * 1000 / (MS + latency) per second instead of saturation.
@@ -282,6 +289,32 @@ def stored_events(data):
     return doc["events"] + sum(doc["duplicates"].values()) + doc["quarantined"]
 
 
+def catch_up(data, port, token, config, conns, seconds, scheme):
+    """Load with the destination paused, then resume it: (events waiting at the resume,
+    events published until the lag is 0, seconds that took)."""
+    proc = start_didgate(data, port, token, config)
+    dest = 'dest="bench"'
+    # A new destination's state is stored with the writer's first commit.
+    time.sleep(1)
+    subprocess.run([BIN, "pause", "--dest", "bench", "--data", data], check=True,
+                   capture_output=True)
+    time.sleep(0.5)
+    wrk(port, conns, seconds, token, f"c{conns}-{time.time()}", scheme)
+    queued = metric(proc, f"didgate_forward_lag_events{{{dest}}}") or 0
+    before = metric(proc, f"didgate_forward_delivered_total{{{dest}}}") or 0
+    subprocess.run([BIN, "resume", "--dest", "bench", "--data", data], check=True,
+                   capture_output=True)
+    started = time.monotonic()
+    while time.monotonic() - started < 120:
+        if (metric(proc, f"didgate_forward_lag_events{{{dest}}}") or 0) == 0:
+            break
+        time.sleep(0.02)
+    took = time.monotonic() - started
+    published = (metric(proc, f"didgate_forward_delivered_total{{{dest}}}") or 0) - before
+    stop_didgate(proc)
+    return queued, published, took
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conns", default="16,64,256", help="comma-separated connection counts")
@@ -294,6 +327,12 @@ def main():
                     help="recordings archiver off and on, same run, recordings from a local server")
     ap.add_argument("--forward", action="store_true",
                     help="forwarding off and on, same run, to a local nginx return 200")
+    ap.add_argument("--nats", action="store_true",
+                    help="NATS JetStream publishing off and on, same run, to a local "
+                         "nats-server -js; then the catch-up rate after a pause")
+    ap.add_argument("--dest-extra", default="", metavar="TOML",
+                    help="with --forward or --nats: more keys for the destination, e.g. "
+                         "'max_in_flight = 256'")
     ap.add_argument("--consume", action="store_true",
                     help="without and with a `consume --exec --follow` beside didgate")
     ap.add_argument("--consume-batch", type=int, default=100, metavar="N",
@@ -308,6 +347,8 @@ def main():
     ap.add_argument("--tls", action="store_true",
                     help="HTTPS: nginx and didgate over TLS, plus didgate plain in the same run")
     args = ap.parse_args()
+    # A NATS destination is a forward destination: the same runs, the same figures.
+    args.forward = args.forward or args.nats
     global BIN, PACE_MS
     PACE_MS = args.pace
     if args.bin:
@@ -346,6 +387,12 @@ def main():
     sink_port = free_port()
     forward = (f'[[forward]]\nname = "bench"\nurl = "{scheme}://127.0.0.1:{sink_port}/in"\n'
                if args.forward else "")
+    if args.nats:
+        forward = (f'[[forward]]\nname = "bench"\ntype = "nats"\n'
+                   f'url = "nats://127.0.0.1:{sink_port}"\nstream = "BENCH"\n'
+                   f'create_stream = true\nsubjects = ["didlogic.>"]\n')
+    if args.dest_extra:
+        forward += args.dest_extra.replace("\\n", "\n") + "\n"
     archive_off_section = "[recordings]\nenabled = false\n"
     archive_on_section = ("[recordings]\nallow_http = true\n"
                           "allow_private_addresses = [\"127.0.0.1/32\"]\n"
@@ -377,7 +424,15 @@ http {{
 """)
     nginx = subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf", "-p", work, "-g", "daemon off;"])
     sink = None
-    if args.forward:
+    if args.nats:
+        nats_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        if not os.path.exists(nats_bin):
+            need("nats-server", "nats-server")
+            nats_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        sink = subprocess.Popen(["nice", "-n", "19", nats_bin, "-js", "-a", "127.0.0.1",
+                                 "-p", str(sink_port), "-sd", f"{work}/nats"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elif args.forward:
         # The destination: another nginx `return 200`, at the lowest priority. The operator's
         # receiver is not on the box in production, so the on/off ratio must measure what
         # forwarding costs ingest, not what the stand-in receiver costs the two shared cores.
@@ -397,6 +452,7 @@ http {{
                                  "-p", f"{work}/sink", "-g", "daemon off;"])
     token = "loadbench" + str(int(time.time())) + "abcdefgh"
     rows = []
+    catchup = None
     try:
         time.sleep(0.5)
         for c in conns:
@@ -491,6 +547,9 @@ http {{
                 ours["rps"] = sum(on[0]["rps"] for on in ons) / len(ons)
             rows.append((c, base, ours, sampler, commits, events, stored, ok, quarters,
                          (sent, acked), plain, archive_off, fetched, drain))
+        if args.nats:
+            catchup = catch_up(fresh_data(), didgate_port, token, configs["on"], conns[-1],
+                               args.seconds, scheme)
     finally:
         nginx.terminate()
         nginx.wait(timeout=10)
@@ -507,7 +566,8 @@ http {{
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     all_ok = True
     tls_kind = " (TLS)" if args.tls else ""
-    side = ("archiver" if args.archive else "forwarding" if args.forward
+    side = ("archiver" if args.archive else "NATS publishing" if args.nats
+            else "forwarding" if args.forward
             else "consumer" if args.consume else "")
     kind = tls_kind + (f", {side} on" if side else "")
     for (c, base, ours, sampler, commits, events, stored, ok, _, (sent, acked), plain,
@@ -549,6 +609,10 @@ http {{
             print(f"  {r[0]} conns: {delivered:.0f} events delivered during the load "
                   f"({delivered / args.seconds:.0f}/s), lag {at_end:.0f} when it stopped, "
                   f"{'0' if left == 0 else f'still {left:.0f}'} after {took:.1f} s")
+    if args.nats:
+        queued, published, took = catchup
+        print(f"\ncatch-up after a pause: {queued:.0f} events waiting, {published:.0f} "
+              f"published in {took:.2f} s = {published / max(took, 0.001):.0f} events/s")
     print("\nRSS MiB (anonymous) at the end of each quarter of the didgate run:")
     for c, *_, quarters, _, _, _, _, _ in rows:
         print(f"  {c} conns: " + " / ".join(quarters))

@@ -422,12 +422,17 @@ impl Dispatcher {
             }
             // Share what is waiting among the idle senders.
             let waiting = self.ahead.len() + self.due.len();
+            // Pressed, batches are no larger than an HTTP sender's, whatever the transport:
+            // a NATS batch of 256 every pause was still a tenth of a saturated ingest rate.
+            let most = if pressed {
+                self.dest.batch().min(send::SENDER_BATCH)
+            } else {
+                self.dest.batch()
+            };
             let size = if single {
                 1
             } else {
-                waiting
-                    .div_ceil(senders - self.busy_senders)
-                    .clamp(1, self.dest.batch())
+                waiting.div_ceil(senders - self.busy_senders).clamp(1, most)
             };
             let mut batch = Vec::with_capacity(size);
             while batch.len() < size && self.take_token(now) {
