@@ -309,6 +309,9 @@ struct Publisher {
 
 impl Publisher {
     async fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Vec<Attempt>>) {
+        // Connect and check the stream at once, so that bad credentials or a missing stream
+        // are in the log at start rather than at the first event (batches wait meanwhile).
+        let _ = self.ready().await;
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             tokio::select! {

@@ -58,11 +58,17 @@ struct Nats {
     bin: PathBuf,
     port: u16,
     store: tempfile::TempDir,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Nats {
     fn start(bin: PathBuf) -> Nats {
+        Nats::start_with(bin, &[])
+    }
+
+    /// With extra server arguments (e.g. `--user`, `--pass`).
+    fn start_with(bin: PathBuf, extra: &[&str]) -> Nats {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -72,6 +78,7 @@ impl Nats {
             bin,
             port,
             store: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         n.up();
@@ -93,6 +100,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -135,7 +143,12 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn context(url: &str) -> async_nats::jetstream::Context {
-    let client = async_nats::connect(url).await.unwrap();
+    let options =
+        async_nats::ConnectOptions::new().user_and_password("ops".into(), "s3cret".into());
+    let client = match options.connect(url).await {
+        Ok(c) => c,
+        Err(_) => async_nats::connect(url).await.unwrap(),
+    };
     async_nats::jetstream::new(client)
 }
 
@@ -523,8 +536,12 @@ fn a_stream_that_is_not_there_is_a_clear_error_and_is_retried() {
         "{}",
         s.stderr()
     );
-    let d = read_ok(&data, &["deliveries", "--json"]);
-    assert!(d.contains("MISSING"), "deliveries shows why: {d}");
+    assert!(
+        eventually(settle(), || read_ok(&data, &["deliveries", "--json"])
+            .contains("MISSING")),
+        "deliveries shows why: {}",
+        read_ok(&data, &["deliveries", "--json"])
+    );
     assert_eq!(
         s.post("sms", FORM, SEED_SMS).status,
         200,
@@ -543,6 +560,46 @@ fn a_stream_that_is_not_there_is_a_clear_error_and_is_retried() {
             .unwrap();
     });
     assert!(eventually(settle(), || count(&nats.url(), "MISSING") == 2));
+    assert!(eventually(settle(), || caught_up(&s)));
+    s.stop();
+}
+
+#[test]
+fn credentials_are_used_and_a_wrong_password_is_logged_and_retried() {
+    let test = "credentials_are_used_and_a_wrong_password_is_logged_and_retried";
+    let Some(bin) = nats_or_skip(test) else {
+        return;
+    };
+    let nats = Nats::start_with(bin, &["--user", "ops", "--pass", "s3cret"]);
+    let dir = tempfile::tempdir().unwrap();
+    let right = config(
+        dir.path(),
+        "right",
+        &nats,
+        "user = \"ops\"\npassword = \"s3cret\"",
+    );
+    let wrong = config(
+        dir.path(),
+        "wrong",
+        &nats,
+        "user = \"ops\"\npassword = \"nope\"",
+    );
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &["--config", &wrong]);
+    assert_eq!(s.post("cdr", JSON, SEED_CDR).status, 200);
+    assert!(
+        eventually(settle(), || s
+            .stderr()
+            .to_lowercase()
+            .contains("authorization")),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(count(&nats.url(), "DIDLOGIC"), 0);
+    s.stop();
+    // The operator fixes the password: the waiting CDR goes out.
+    let s = Server::start(&data, &["--config", &right]);
+    assert!(eventually(settle(), || count(&nats.url(), "DIDLOGIC") == 1));
     assert!(eventually(settle(), || caught_up(&s)));
     s.stop();
 }
