@@ -275,10 +275,22 @@ fn every_kind_arrives_on_its_subject_with_its_headers() {
     }
     assert_eq!(metric(&s, "didgate_forward_delivered_total"), 3.0);
     assert_eq!(metric(&s, "didgate_forward_duplicates_total"), 0.0);
-    let d = read_ok(&data, &["deliveries", "--json"]);
-    let d: serde_json::Value = serde_json::from_str(d.lines().next().unwrap()).unwrap();
-    assert_eq!(d["dest"], "bus");
-    assert_eq!(d["lag_events"], 0);
+    // The store's view (`didgate deliveries`) follows with the writer's next commit.
+    let shown = || -> serde_json::Value {
+        let out = read_ok(&data, &["deliveries", "--json"]);
+        out.lines()
+            .next()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(settle(), || {
+            let d = shown();
+            d["dest"] == "bus" && d["lag_events"] == 0 && d["delivered"] == 3
+        }),
+        "{}",
+        shown()
+    );
     s.stop();
 }
 
