@@ -368,9 +368,11 @@ fn two_appliances_feeding_one_stream_store_each_webhook_once() {
     let delivered = metric(&a, "didgate_forward_delivered_total")
         + metric(&b, "didgate_forward_delivered_total");
     assert_eq!(delivered, (n + retried) as f64);
-    assert_eq!(
-        dup, retried as f64,
-        "the second copy of each retry is a duplicate PubAck"
+    // Each retry's second copy is a duplicate PubAck (more only if an ack was lost and the
+    // publish repeated, which the stream also drops).
+    assert!(
+        dup >= retried as f64,
+        "{dup} duplicates for {retried} retries"
     );
     a.stop();
     b.stop();
