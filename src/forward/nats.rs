@@ -21,7 +21,7 @@ use crossbeam_channel::Sender;
 
 use super::Destination;
 use super::schedule::{Class, Failure, Outcome};
-use super::send::{Attempt, Done, MAX_ERROR_CHARS};
+use super::send::{Attempt, Done};
 use super::signature;
 use crate::ops::log;
 use crate::timestamp::{format_ms, now_ms};
@@ -641,20 +641,8 @@ fn header_text(raw: &[u8]) -> &str {
     }
 }
 
-fn failure(class: Class, mut error: String) -> Failure {
-    if error.len() > MAX_ERROR_CHARS {
-        let mut end = MAX_ERROR_CHARS;
-        while !error.is_char_boundary(end) {
-            end -= 1;
-        }
-        error.truncate(end);
-    }
-    Failure {
-        class,
-        status: None,
-        error,
-        retry_after: None,
-    }
+fn failure(class: Class, error: String) -> Failure {
+    Failure::without_status(class, error)
 }
 
 fn failure_of(e: &jetstream::context::PublishError, s: &Settings) -> Failure {

@@ -90,6 +90,24 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A failure without an HTTP status (a transport error, a NATS refusal), its text cut to
+    /// [`MAX_ERROR_CHARS`](super::send::MAX_ERROR_CHARS).
+    pub fn without_status(class: Class, mut error: String) -> Failure {
+        if error.len() > super::send::MAX_ERROR_CHARS {
+            let mut end = super::send::MAX_ERROR_CHARS;
+            while !error.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.truncate(end);
+        }
+        Failure {
+            class,
+            status: None,
+            error,
+            retry_after: None,
+        }
+    }
+
     /// Whether the destination said it is gone for good (410): delivery pauses.
     pub fn is_gone(&self) -> bool {
         self.status == Some(410)

@@ -265,20 +265,7 @@ fn failure_of(e: &ureq::Error) -> Failure {
         }
         _ => Class::Connection,
     };
-    let mut error = e.to_string();
-    if error.len() > MAX_ERROR_CHARS {
-        let mut end = MAX_ERROR_CHARS;
-        while !error.is_char_boundary(end) {
-            end -= 1;
-        }
-        error.truncate(end);
-    }
-    Failure {
-        class,
-        status: None,
-        error,
-        retry_after: None,
-    }
+    Failure::without_status(class, e.to_string())
 }
 
 /// Starts `n` sender threads taking attempts from `rx` and answering on `done`; each ends
