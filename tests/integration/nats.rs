@@ -617,3 +617,61 @@ fn credentials_are_used_and_a_wrong_password_is_logged_and_retried() {
     assert!(eventually(settle(), || caught_up(&s)));
     s.stop();
 }
+
+#[test]
+fn tls_urls_connect_over_tls_trusting_the_configured_ca() {
+    let test = "tls_urls_connect_over_tls_trusting_the_configured_ca";
+    let Some(bin) = nats_or_skip(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::tls::TestPki::new();
+    let (cert, key, ca) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("ca.pem"),
+    );
+    pki.write_leaf(&cert, &key);
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let nats = Nats::start_with(
+        bin,
+        &[
+            "--tls",
+            "--tlscert",
+            cert.to_str().unwrap(),
+            "--tlskey",
+            key.to_str().unwrap(),
+        ],
+    );
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let cfg = write_config(
+        dir.path(),
+        "didgate.toml",
+        &format!(
+            "[recordings]\nenabled = false\n\n[[forward]]\nname = \"bus\"\ntype = \"nats\"\n\
+             url = \"{url}\"\ntls_ca = \"{}\"\nstream = \"DIDLOGIC\"\ncreate_stream = true\n",
+            ca.display()
+        ),
+    );
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &["--config", &cfg]);
+    assert_eq!(s.post("cdr", JSON, SEED_CDR).status, 200);
+    assert!(
+        eventually(settle(), || caught_up(&s)
+            && metric(&s, "didgate_forward_delivered_total") == 1.0),
+        "{}",
+        s.stderr()
+    );
+    let stored = runtime().block_on(async {
+        let client = async_nats::ConnectOptions::new()
+            .add_root_certificates(ca.clone())
+            .connect(url.as_str())
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("DIDLOGIC").await.unwrap();
+        stream.info().await.unwrap().state.messages
+    });
+    assert_eq!(stored, 1);
+    s.stop();
+}
