@@ -675,3 +675,35 @@ fn tls_urls_connect_over_tls_trusting_the_configured_ca() {
     assert_eq!(stored, 1);
     s.stop();
 }
+
+#[test]
+fn a_token_authenticates() {
+    let Some(bin) = nats_or_skip("a_token_authenticates") else {
+        return;
+    };
+    let token = "t0ken-for-didgate";
+    let nats = Nats::start_with(bin, &["--auth", token]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "a", &nats, &format!("token = \"{token}\""));
+    let s = Server::start(&dir.path().join("data"), &["--config", &cfg]);
+    assert_eq!(s.post("sms", FORM, SEED_SMS).status, 200);
+    assert!(
+        eventually(settle(), || caught_up(&s)
+            && metric(&s, "didgate_forward_delivered_total") == 1.0),
+        "{}",
+        s.stderr()
+    );
+    let stored = runtime().block_on(async {
+        let client = async_nats::ConnectOptions::with_token(token.into())
+            .connect(nats.url())
+            .await
+            .unwrap();
+        let mut stream = async_nats::jetstream::new(client)
+            .get_stream("DIDLOGIC")
+            .await
+            .unwrap();
+        stream.info().await.unwrap().state.messages
+    });
+    assert_eq!(stored, 1);
+    s.stop();
+}
