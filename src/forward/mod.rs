@@ -1,15 +1,16 @@
 //! Forwarding: every stored event delivered onward, at least once, to the operator's own
-//! HTTP endpoints (`[[forward]]` destinations), signed the Standard Webhooks way, with
-//! retries on a schedule, dead letters, replay, pause and resume.
+//! HTTP endpoints (`[[forward]]` destinations), signed the Standard Webhooks way, or to NATS
+//! JetStream ([`nats`], `type = "nats"`), with retries on a schedule, dead letters, replay,
+//! pause and resume.
 //!
 //! In the order of one event: the writer commits it (and publishes the last sequence number);
 //! each destination's dispatcher thread ([`dispatch`]) reads committed events from the store
 //! in short read transactions, hands them to its sender threads ([`send`], blocking HTTP with
-//! a timeout), and settles each outcome: delivered, or a [`state::RetryEntry`] due later
-//! ([`schedule`]), or a [`state::DeadEntry`]. What it settled goes to the writer as a
-//! [`Report`], committed with the writer's next batch (`writer/forward_feed.rs`), cursor and
-//! retry entries together: a kill -9 re-sends at most what was in flight or not yet
-//! committed, never skips. A destination's backlog (its retry set) lives in LMDB, not memory.
+//! a timeout) or its NATS publisher ([`nats`]), and settles each outcome: delivered, or a
+//! [`state::RetryEntry`] due later ([`schedule`]), or a [`state::DeadEntry`]. What it settled
+//! goes to the writer as a [`Report`], committed with the writer's next batch
+//! (`writer/forward_feed.rs`), cursor and retry entries together: a kill -9 re-sends at most
+//! what was in flight or not yet committed, never skips. A destination's backlog (its retry set) lives in LMDB, not memory.
 //!
 //! Nothing here runs on ingest's threads or writes the store: the writer does, in the
 //! transactions it commits anyway.
