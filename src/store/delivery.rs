@@ -1,4 +1,4 @@
-//! Delivery state in the store: pull consumers' cursors (`cursors`), and per forwarding
+//! Forwarding's state in the store (pull consumers' cursors are `consumer.rs`): per
 //! destination its state (`forward`), the events waiting for another try (`forward_retry`)
 //! and the dead letters (`forward_dead`). The retry set and the dead letters are keyed by
 //! destination name, a 0 byte and the event's sequence number, so one destination's entries
@@ -14,7 +14,7 @@ use super::layout::{Table, decode_at, del_if_present, get, key_seq, seq_key};
 use super::read::StoredEvent;
 use super::walk::{Page, PrefixWalk};
 use super::{Error, Result, Store, WriteTxn};
-use crate::forward::state::{self, ConsumerCursor, DeadEntry, DestState, RetryEntry};
+use crate::forward::state::{self, DeadEntry, DestState, RetryEntry};
 
 /// What the forwarder of one destination settled since its last report, written in one
 /// transaction so the cursor never passes an event whose retry entry is not written with it.
@@ -105,7 +105,11 @@ fn seq_of(table: Table, prefix_len: usize, k: &[u8]) -> Result<u64> {
     key_seq(table, k.get(prefix_len..).unwrap_or_default())
 }
 
-fn record<T: for<'de> serde::Deserialize<'de>>(table: Table, what: &str, v: &[u8]) -> Result<T> {
+pub(super) fn record<T: for<'de> serde::Deserialize<'de>>(
+    table: Table,
+    what: &str,
+    v: &[u8],
+) -> Result<T> {
     state::decode(v).map_err(|e| Error::Corrupt {
         db: table.name,
         what: format!("the record of {what} does not decode: {e}"),
@@ -120,7 +124,7 @@ fn name_of(table: Table, k: &[u8]) -> Result<String> {
 }
 
 /// Every `(name, record)` of a name-keyed database.
-fn all_named<T: for<'de> serde::Deserialize<'de>>(
+pub(super) fn all_named<T: for<'de> serde::Deserialize<'de>>(
     txn: &impl lmdb::Transaction,
     table: Table,
 ) -> Result<Vec<(String, T)>> {
@@ -186,7 +190,7 @@ fn page_of<T: for<'de> serde::Deserialize<'de>>(
 }
 
 impl WriteTxn<'_> {
-    fn put_json(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
+    pub(super) fn put_json(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
         Ok(self
             .txn
             .put(table.handle, &key, &value, WriteFlags::empty())?)
@@ -264,7 +268,7 @@ impl WriteTxn<'_> {
         self.put_dest_state(&p.dest, &s)
     }
 
-    fn remove(&mut self, table: Table, key: &[u8]) -> Result<bool> {
+    pub(super) fn remove(&mut self, table: Table, key: &[u8]) -> Result<bool> {
         match self.txn.del(table.handle, &key, None) {
             Ok(()) => Ok(true),
             Err(lmdb::Error::NotFound) => Ok(false),
@@ -360,24 +364,6 @@ impl WriteTxn<'_> {
         self.put_dest_state(dest, &s)
     }
 
-    /// Sets a consumer's cursor.
-    ///
-    /// # Errors
-    /// LMDB errors.
-    pub fn put_cursor(&mut self, name: &str, c: &ConsumerCursor) -> Result<()> {
-        let table = self.dbs.cursors;
-        self.put_json(table, name.as_bytes(), &state::encode(c))
-    }
-
-    /// Deletes a consumer's cursor; whether there was one.
-    ///
-    /// # Errors
-    /// LMDB errors.
-    pub fn delete_cursor(&mut self, name: &str) -> Result<bool> {
-        let table = self.dbs.cursors;
-        self.remove(table, name.as_bytes())
-    }
-
     /// Deletes a destination's state, retry set and dead letters; whether it had a state.
     ///
     /// # Errors
@@ -467,7 +453,7 @@ impl Store {
     /// LMDB errors (damage is reported in `problems`).
     pub(super) fn check_deliveries(&self, problems: &mut Vec<String>) -> Result<()> {
         let txn = self.read_txn()?;
-        if let Err(e) = all_named::<ConsumerCursor>(&txn, self.dbs.cursors) {
+        if let Err(e) = all_named::<state::ConsumerCursor>(&txn, self.dbs.cursors) {
             problems.push(format!("cursors: {e}"));
         }
         let states: Vec<(String, DestState)> = match all_named(&txn, self.dbs.forward) {
@@ -541,26 +527,6 @@ impl Store {
     pub fn dest_states(&self) -> Result<Vec<(String, DestState)>> {
         let txn = self.read_txn()?;
         all_named(&txn, self.dbs.forward)
-    }
-
-    /// A consumer's cursor.
-    ///
-    /// # Errors
-    /// LMDB errors, or a damaged record.
-    pub fn cursor(&self, name: &str) -> Result<Option<ConsumerCursor>> {
-        let txn = self.read_txn()?;
-        get(&txn, self.dbs.cursors, name.as_bytes())?
-            .map(|v| record(self.dbs.cursors, name, v))
-            .transpose()
-    }
-
-    /// Every consumer's cursor, by name.
-    ///
-    /// # Errors
-    /// LMDB errors, or a damaged record.
-    pub fn cursors(&self) -> Result<Vec<(String, ConsumerCursor)>> {
-        let txn = self.read_txn()?;
-        all_named(&txn, self.dbs.cursors)
     }
 
     /// Looks at up to `budget` of `dest`'s retry entries from `from` and returns those due at
@@ -780,33 +746,5 @@ mod tests {
             problems.iter().any(|p| p.contains("counts 5 dead letters")),
             "{problems:?}"
         );
-    }
-
-    #[test]
-    fn consumer_cursors_are_kept_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_events(dir.path(), 1);
-        let mut w = store.begin_write(1).unwrap();
-        let c = ConsumerCursor {
-            seq: 42,
-            created_at_ms: 1,
-            updated_at_ms: 2,
-        };
-        w.put_cursor("etl", &c).unwrap();
-        w.put_cursor("bi", &ConsumerCursor::default()).unwrap();
-        w.commit().unwrap();
-        assert_eq!(store.cursor("etl").unwrap(), Some(c));
-        let names: Vec<String> = store
-            .cursors()
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(names, ["bi", "etl"]);
-        let mut w = store.begin_write(1).unwrap();
-        assert!(w.delete_cursor("etl").unwrap());
-        assert!(!w.delete_cursor("etl").unwrap());
-        w.commit().unwrap();
-        assert_eq!(store.cursor("etl").unwrap(), None);
     }
 }

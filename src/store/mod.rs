@@ -17,6 +17,7 @@
 
 pub mod archive;
 mod check;
+mod consumer;
 pub mod delivery;
 mod fault;
 pub mod header;
