@@ -58,17 +58,25 @@ struct Nats {
     bin: PathBuf,
     port: u16,
     store: tempfile::TempDir,
-    extra: Vec<String>,
+    access: Access,
     child: Option<Child>,
+}
+
+/// What a client needs to reach the server: nothing, a user and password, a token, or TLS
+/// with the CA that signed the server's certificate (cert, key, CA files).
+enum Access {
+    Open,
+    Password(&'static str, &'static str),
+    Token(&'static str),
+    Tls(PathBuf, PathBuf, PathBuf),
 }
 
 impl Nats {
     fn start(bin: PathBuf) -> Nats {
-        Nats::start_with(bin, &[])
+        Nats::start_with(bin, Access::Open)
     }
 
-    /// With extra server arguments (e.g. `--user`, `--pass`).
-    fn start_with(bin: PathBuf, extra: &[&str]) -> Nats {
+    fn start_with(bin: PathBuf, access: Access) -> Nats {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -78,7 +86,7 @@ impl Nats {
             bin,
             port,
             store: tempfile::tempdir().unwrap(),
-            extra: extra.iter().map(|a| a.to_string()).collect(),
+            access,
             child: None,
         };
         n.up();
@@ -86,7 +94,41 @@ impl Nats {
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if matches!(self.access, Access::Tls(..)) {
+            "tls"
+        } else {
+            "nats"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's arguments for its access.
+    fn access_args(&self) -> Vec<String> {
+        let args: Vec<&str> = match &self.access {
+            Access::Open => vec![],
+            Access::Password(u, p) => vec!["--user", u, "--pass", p],
+            Access::Token(t) => vec!["--auth", t],
+            Access::Tls(cert, key, _) => vec![
+                "--tls",
+                "--tlscert",
+                cert.to_str().unwrap(),
+                "--tlskey",
+                key.to_str().unwrap(),
+            ],
+        };
+        args.into_iter().map(String::from).collect()
+    }
+
+    /// A JetStream client of this server, as the test reads the stream.
+    async fn context(&self) -> async_nats::jetstream::Context {
+        let options = async_nats::ConnectOptions::new();
+        let options = match &self.access {
+            Access::Open => options,
+            Access::Password(u, p) => options.user_and_password(u.to_string(), p.to_string()),
+            Access::Token(t) => options.token(t.to_string()),
+            Access::Tls(_, _, ca) => options.add_root_certificates(ca.clone()),
+        };
+        async_nats::jetstream::new(options.connect(self.url()).await.unwrap())
     }
 
     fn up(&mut self) {
@@ -100,7 +142,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(self.store.path())
-            .args(&self.extra)
+            .args(self.access_args())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -142,20 +184,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn context(url: &str) -> async_nats::jetstream::Context {
-    let options =
-        async_nats::ConnectOptions::new().user_and_password("ops".into(), "s3cret".into());
-    let client = match options.connect(url).await {
-        Ok(c) => c,
-        Err(_) => async_nats::connect(url).await.unwrap(),
-    };
-    async_nats::jetstream::new(client)
-}
-
 /// Every message of `stream`, in stream order; empty when there is no such stream.
-fn messages(url: &str, stream: &str) -> Vec<Msg> {
+fn messages(nats: &Nats, stream: &str) -> Vec<Msg> {
     runtime().block_on(async {
-        let js = context(url).await;
+        let js = nats.context().await;
         let Ok(mut s) = js.get_stream(stream).await else {
             return Vec::new();
         };
@@ -189,14 +221,35 @@ fn messages(url: &str, stream: &str) -> Vec<Msg> {
 }
 
 /// How many messages `stream` holds (0 when it is not there).
-fn count(url: &str, stream: &str) -> u64 {
+fn count(nats: &Nats, stream: &str) -> u64 {
     runtime().block_on(async {
-        let js = context(url).await;
+        let js = nats.context().await;
         match js.get_stream(stream).await {
             Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
             Err(_) => 0,
         }
     })
+}
+
+/// The `Nats-Msg-Id` of every message in stream DIDLOGIC; fails when two messages share one.
+fn stream_ids(nats: &Nats) -> BTreeSet<String> {
+    let got = messages(nats, "DIDLOGIC");
+    let ids: BTreeSet<String> = got
+        .iter()
+        .map(|m| m.headers["Nats-Msg-Id"].clone())
+        .collect();
+    assert_eq!(ids.len(), got.len(), "no webhook twice");
+    ids
+}
+
+/// Asserts that the CDR of each callid is among `ids`.
+fn assert_cdrs_in(ids: &BTreeSet<String>, callids: &[String]) {
+    for id in callids {
+        assert!(
+            ids.contains(&webhook_id("cdr", cdr(id).as_bytes())),
+            "{id} reached the stream"
+        );
+    }
 }
 
 fn config(dir: &Path, name: &str, nats: &Nats, extra: &str) -> String {
@@ -252,10 +305,10 @@ fn every_kind_arrives_on_its_subject_with_its_headers() {
     }
     // A retry of the CDR: didgate stores it once, so it is published once.
     assert_eq!(s.post("cdr", JSON, SEED_CDR).status, 200);
-    assert!(eventually(settle(), || count(&nats.url(), "DIDLOGIC") == 3));
+    assert!(eventually(settle(), || count(&nats, "DIDLOGIC") == 3));
     assert!(eventually(settle(), || caught_up(&s)));
     let events = export(&data);
-    let got = messages(&nats.url(), "DIDLOGIC");
+    let got = messages(&nats, "DIDLOGIC");
     assert_eq!(got.len(), 3, "{got:?}");
     for (hook, ct, body) in SEEDS {
         let m = got
@@ -345,7 +398,7 @@ fn two_appliances_feeding_one_stream_store_each_webhook_once() {
         a.stderr(),
         b.stderr()
     );
-    let got = messages(&nats.url(), "DIDLOGIC");
+    let got = messages(&nats, "DIDLOGIC");
     let ids: BTreeSet<&str> = got
         .iter()
         .map(|m| m.headers["Nats-Msg-Id"].as_str())
@@ -449,7 +502,7 @@ fn the_server_down_for_30_seconds_under_load_loses_nothing() {
     );
     let load = Load::start(&s, "outage", Duration::from_millis(2));
     std::thread::sleep(Duration::from_secs(2));
-    assert!(count(&nats.url(), "DIDLOGIC") > 0, "publishing under way");
+    assert!(count(&nats, "DIDLOGIC") > 0, "publishing under way");
     nats.down();
     let during = load.answered();
     std::thread::sleep(Duration::from_secs(30));
@@ -466,18 +519,9 @@ fn the_server_down_for_30_seconds_under_load_loses_nothing() {
         "lag returns to 0: {}",
         s.stderr()
     );
-    let got = messages(&nats.url(), "DIDLOGIC");
-    let ids: BTreeSet<String> = got
-        .iter()
-        .map(|m| m.headers["Nats-Msg-Id"].clone())
-        .collect();
-    assert_eq!(got.len(), sent.len(), "every webhook once");
-    for id in &sent {
-        assert!(
-            ids.contains(&webhook_id("cdr", cdr(id).as_bytes())),
-            "{id} reached the stream"
-        );
-    }
+    let ids = stream_ids(&nats);
+    assert_eq!(ids.len(), sent.len(), "every webhook once");
+    assert_cdrs_in(&ids, &sent);
     s.stop();
 }
 
@@ -500,26 +544,16 @@ fn kill_9_while_publishing_loses_no_acknowledged_webhook() {
     for round in 0..rounds {
         let s = Server::start(&data, &["--config", &cfg]);
         let load = Load::start(&s, &format!("kill{round}"), Duration::ZERO);
-        let before = count(&nats.url(), "DIDLOGIC");
-        assert!(eventually(settle(), || count(&nats.url(), "DIDLOGIC") > before + 50));
+        let before = count(&nats, "DIDLOGIC");
+        assert!(eventually(settle(), || count(&nats, "DIDLOGIC") > before + 50));
         s.kill9();
         // Only the webhooks answered 200 count: a post cut by the kill was not acknowledged.
         acknowledged.extend(load.finish());
     }
     let s = Server::start(&data, &["--config", &cfg]);
     assert!(eventually(settle(), || caught_up(&s)), "{}", s.stderr());
-    let got = messages(&nats.url(), "DIDLOGIC");
-    let ids: BTreeSet<String> = got
-        .iter()
-        .map(|m| m.headers["Nats-Msg-Id"].clone())
-        .collect();
-    assert_eq!(ids.len(), got.len(), "no webhook twice");
-    for id in &acknowledged {
-        assert!(
-            ids.contains(&webhook_id("cdr", cdr(id).as_bytes())),
-            "{id} reached the stream"
-        );
-    }
+    let ids = stream_ids(&nats);
+    assert_cdrs_in(&ids, &acknowledged);
     s.stop();
 }
 
@@ -563,7 +597,7 @@ fn a_stream_that_is_not_there_is_a_clear_error_and_is_retried() {
     );
     // The operator creates the stream: the waiting events go out.
     runtime().block_on(async {
-        context(&nats.url())
+        nats.context()
             .await
             .create_stream(async_nats::jetstream::stream::Config {
                 name: "MISSING".into(),
@@ -573,7 +607,7 @@ fn a_stream_that_is_not_there_is_a_clear_error_and_is_retried() {
             .await
             .unwrap();
     });
-    assert!(eventually(settle(), || count(&nats.url(), "MISSING") == 2));
+    assert!(eventually(settle(), || count(&nats, "MISSING") == 2));
     assert!(eventually(settle(), || caught_up(&s)));
     s.stop();
 }
@@ -584,7 +618,7 @@ fn credentials_are_used_and_a_wrong_password_is_logged_and_retried() {
     let Some(bin) = nats_or_skip(test) else {
         return;
     };
-    let nats = Nats::start_with(bin, &["--user", "ops", "--pass", "s3cret"]);
+    let nats = Nats::start_with(bin, Access::Password("ops", "s3cret"));
     let dir = tempfile::tempdir().unwrap();
     let right = config(
         dir.path(),
@@ -609,11 +643,11 @@ fn credentials_are_used_and_a_wrong_password_is_logged_and_retried() {
         "{}",
         s.stderr()
     );
-    assert_eq!(count(&nats.url(), "DIDLOGIC"), 0);
+    assert_eq!(count(&nats, "DIDLOGIC"), 0);
     s.stop();
     // The operator fixes the password: the waiting CDR goes out.
     let s = Server::start(&data, &["--config", &right]);
-    assert!(eventually(settle(), || count(&nats.url(), "DIDLOGIC") == 1));
+    assert!(eventually(settle(), || count(&nats, "DIDLOGIC") == 1));
     assert!(eventually(settle(), || caught_up(&s)));
     s.stop();
 }
@@ -633,25 +667,13 @@ fn tls_urls_connect_over_tls_trusting_the_configured_ca() {
     );
     pki.write_leaf(&cert, &key);
     std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let nats = Nats::start_with(
-        bin,
-        &[
-            "--tls",
-            "--tlscert",
-            cert.to_str().unwrap(),
-            "--tlskey",
-            key.to_str().unwrap(),
-        ],
-    );
-    let url = format!("tls://127.0.0.1:{}", nats.port);
-    let cfg = write_config(
+    let nats = Nats::start_with(bin, Access::Tls(cert, key, ca.clone()));
+    assert!(nats.url().starts_with("tls://"));
+    let cfg = config(
         dir.path(),
-        "didgate.toml",
-        &format!(
-            "[recordings]\nenabled = false\n\n[[forward]]\nname = \"bus\"\ntype = \"nats\"\n\
-             url = \"{url}\"\ntls_ca = \"{}\"\nstream = \"DIDLOGIC\"\ncreate_stream = true\n",
-            ca.display()
-        ),
+        "a",
+        &nats,
+        &format!("tls_ca = \"{}\"", ca.display()),
     );
     let data = dir.path().join("data");
     let s = Server::start(&data, &["--config", &cfg]);
@@ -662,17 +684,7 @@ fn tls_urls_connect_over_tls_trusting_the_configured_ca() {
         "{}",
         s.stderr()
     );
-    let stored = runtime().block_on(async {
-        let client = async_nats::ConnectOptions::new()
-            .add_root_certificates(ca.clone())
-            .connect(url.as_str())
-            .await
-            .unwrap();
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream("DIDLOGIC").await.unwrap();
-        stream.info().await.unwrap().state.messages
-    });
-    assert_eq!(stored, 1);
+    assert_eq!(count(&nats, "DIDLOGIC"), 1);
     s.stop();
 }
 
@@ -682,7 +694,7 @@ fn a_token_authenticates() {
         return;
     };
     let token = "t0ken-for-didgate";
-    let nats = Nats::start_with(bin, &["--auth", token]);
+    let nats = Nats::start_with(bin, Access::Token(token));
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "a", &nats, &format!("token = \"{token}\""));
     let s = Server::start(&dir.path().join("data"), &["--config", &cfg]);
@@ -693,17 +705,6 @@ fn a_token_authenticates() {
         "{}",
         s.stderr()
     );
-    let stored = runtime().block_on(async {
-        let client = async_nats::ConnectOptions::with_token(token.into())
-            .connect(nats.url())
-            .await
-            .unwrap();
-        let mut stream = async_nats::jetstream::new(client)
-            .get_stream("DIDLOGIC")
-            .await
-            .unwrap();
-        stream.info().await.unwrap().state.messages
-    });
-    assert_eq!(stored, 1);
+    assert_eq!(count(&nats, "DIDLOGIC"), 1);
     s.stop();
 }
