@@ -1,8 +1,8 @@
 //! The delivery state kept in the store, as JSON records (readable with any LMDB tool, and
 //! open to new fields): a destination's [`DestState`], an event's [`RetryEntry`] while it
 //! waits for another try, its [`DeadEntry`] once given up on, and a pull consumer's
-//! [`ConsumerCursor`]. The store (`store/delivery.rs`) keys and writes them; the forwarder
-//! and the CLI decide their contents.
+//! [`ConsumerCursor`]. The store (`store/delivery.rs`, cursors in `store/consumer.rs`) keys
+//! and writes them; the forwarder and the CLI decide their contents.
 
 use serde::{Deserialize, Serialize};
 

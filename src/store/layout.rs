@@ -14,7 +14,7 @@
 //! | `meta`       | `schema_version`, `next_seq`, `next_qseq` | u32 BE, u64 BE, u64 BE     |
 //! | `archive`    | seq u64 BE (a recording event's)      | archive record (JSON, `archive/record.rs`) |
 //! | `archive_open` | seq u64 BE                          | next try, ms since the epoch, i64 BE |
-//! | `cursors`    | consumer name (UTF-8)                 | cursor (JSON, `store/delivery.rs`) |
+//! | `cursors`    | consumer name (UTF-8)                 | cursor (JSON, `store/consumer.rs`) |
 //! | `forward`    | destination name                      | destination state (JSON)       |
 //! | `forward_retry` | destination name, 0x00, seq u64 BE | retry state (JSON)             |
 //! | `forward_dead` | destination name, 0x00, seq u64 BE  | dead letter (JSON)             |
