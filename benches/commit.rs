@@ -17,7 +17,9 @@ fn event(i: u64) -> Event {
         content_type: b"application/json".to_vec(),
         body: format!(r#"{{"calldate":"2026-05-12T05:17:58Z","callid":"{callid}","direction":"outbound","disposition":"ANSWERED","dst":"448081697031","duration":9,"billsec":7,"event":"cdr","src":"441273004315","user_id":76141}}"#).into_bytes(),
         callid: Some(callid),
+        call: None,
     }
+    .with_call_facts()
 }
 
 fn commit(c: &mut Criterion) {

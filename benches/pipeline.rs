@@ -53,7 +53,7 @@ fn pipeline(c: &mut Criterion) {
                                     panic!("bench body must decode")
                                 };
                                 let reply = Reply::new();
-                                let event = Event { kind, format, peer: None, content_type: b"application/json".to_vec(), body, callid };
+                                let event = Event { kind, format, peer: None, content_type: b"application/json".to_vec(), body, callid, call: None }.with_call_facts();
                                 queue.submit(Job { event, quarantine: None, reply: reply.clone() }).unwrap();
                                 reply
                             })

@@ -47,6 +47,8 @@ pub struct Config {
     pub recordings: crate::archive::Settings,
     /// Forwarding destinations (`[[forward]]`), in the file's order.
     pub forward: Vec<crate::forward::Destination>,
+    /// The IANA time zone `calls` and `report` show and group in (`None`: the system's).
+    pub timezone: Option<String>,
 }
 
 /// The TOML file, as written. Every key is optional; unknown keys are errors.
@@ -90,6 +92,7 @@ struct FileConfig {
     tls: Option<tls::TlsFile>,
     recordings: Option<recordings::RecordingsFile>,
     forward: Option<Vec<forward::ForwardFile>>,
+    timezone: Option<String>,
 }
 
 /// What the command line said; each `Some` overrides the file.
@@ -284,12 +287,19 @@ impl Config {
             retention: retention_section(&f)?,
             tls: tls::section(f.tls.as_ref())?,
             forward: forward::section(f.forward.as_deref())?,
+            timezone: match &f.timezone {
+                Some(name) => {
+                    crate::call::zone::Zone::named(name).map_err(|e| bad("timezone", e))?;
+                    Some(name.trim().to_string())
+                }
+                None => None,
+            },
         })
     }
 }
 
 /// Keys a reload applies at once; every other key waits for a restart.
-pub const LIVE_KEYS: [&str; 9] = [
+pub const LIVE_KEYS: [&str; 10] = [
     "token",
     "previous_token",
     "allow_from",
@@ -299,6 +309,7 @@ pub const LIVE_KEYS: [&str; 9] = [
     "min_free_disk_bytes",
     "shutdown_timeout",
     "forward",
+    "timezone",
 ];
 
 /// The file keys whose value differs between two configurations, in the file's order.
@@ -313,6 +324,7 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
     let keys = [
         ("listen", s.listen != t.listen),
         ("data_dir", a.data_dir != b.data_dir),
+        ("timezone", a.timezone != b.timezone),
         ("token", a.token != b.token),
         (
             "max_head_bytes",

@@ -104,6 +104,9 @@ pub struct Event {
     /// The JSON `callid`, when there is one, for the call index. Not stored in the record
     /// (it is derived from the body).
     pub callid: Option<String>,
+    /// What the call index keeps about it (CDR, recording, SMS), taken from the body by the
+    /// connection so the writer only copies it. Not stored in the record either.
+    pub call: Option<crate::call::facts::Facts>,
 }
 
 /// A stored record borrowed from LMDB (or from a buffer), without copying the body.
@@ -150,6 +153,13 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl Event {
+    /// The event with its call facts read from the body, as ingest reads them (tests and
+    /// tools that build events by hand).
+    pub fn with_call_facts(mut self) -> Event {
+        self.call = crate::call::facts::Facts::of(&self.kind, self.format, &self.body);
+        self
+    }
+
     /// The record this event becomes once stored at `stored_at_ms`.
     pub fn as_record(&self, stored_at_ms: i64) -> Record<'_> {
         Record {

@@ -9,6 +9,7 @@
 //! - [`serve`]: `didgate serve`: start-up, reload on SIGHUP, graceful shutdown.
 //! - [`ingest`]: listener, connection, HTTP framing, route, body decoding, response, deadlines.
 //! - [`event`]: the event and its record encoding, shared by ingest, writer and store.
+//! - [`call`]: what a CDR, recording or SMS says about a call; rollups, time zones, reports.
 //! - [`writer`]: the single writer thread: batch, dedup, commit, wake; housekeeping, retention.
 //! - [`store`]: LMDB: layout, walk, reads, the write transaction, check, migrate, OS helpers.
 //! - [`forward`]: delivery onward: `[[forward]]` destinations, retries, dead letters.
@@ -22,6 +23,7 @@
 
 pub mod archive;
 pub(crate) mod backoff;
+pub mod call;
 pub mod cli;
 pub mod config;
 pub mod event;

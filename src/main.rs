@@ -38,6 +38,17 @@ enum Command {
     /// --since is inclusive and --until exclusive; T is RFC 3339 (2026-05-12T05:17:58Z) or a
     /// date (2026-05-12 = 00:00 UTC), so `--since 2026-05-12 --until 2026-05-13` is one day.
     Export(ExportArgs),
+    /// One row per call by its own time (calldate), joined with its recordings.
+    ///
+    /// Default: the last 24 hours, oldest first. Times are shown in --tz, else the config's
+    /// `timezone`, else the system's zone. docs/cli.md describes every column.
+    Calls(CallsArgs),
+    /// Calls, answer rate (ASR), mean duration (ACD), billed minutes, recordings and SMS per
+    /// day, hour, week, month, direction, disposition, destination prefix or number.
+    ///
+    /// Default: the last 30 days by day, in --tz, else the config's `timezone`, else the
+    /// system's zone. docs/cli.md describes every column.
+    Report(ReportArgs),
     /// Print every event of one call (its CDR and recordings), oldest first.
     ///
     /// Exit status 1 when no event has that callid.
@@ -360,6 +371,87 @@ struct ExportArgs {
     raw: bool,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum TableFormatArg {
+    Table,
+    Json,
+    Csv,
+}
+
+impl From<TableFormatArg> for cli::calls::Format {
+    fn from(f: TableFormatArg) -> Self {
+        match f {
+            TableFormatArg::Table => cli::calls::Format::Table,
+            TableFormatArg::Json => cli::calls::Format::Json,
+            TableFormatArg::Csv => cli::calls::Format::Csv,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DirectionArg {
+    In,
+    Out,
+}
+
+#[derive(Args)]
+struct CallsArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// First call time included: RFC 3339, a date or date and time in the zone, today,
+    /// yesterday, or a duration ago (24h, 7d) [default: 24h].
+    #[arg(long, value_name = "T")]
+    since: Option<String>,
+    /// First call time excluded (same forms) [default: none].
+    #[arg(long, value_name = "T")]
+    until: Option<String>,
+    /// Only inbound or outbound calls.
+    #[arg(long, value_enum)]
+    direction: Option<DirectionArg>,
+    /// Only calls with this disposition (ANSWERED, "NO ANSWER", BUSY, FAILED, ...; any case).
+    #[arg(long, value_name = "D")]
+    disposition: Option<String>,
+    /// Only calls from or to this number, or a prefix of it (+, spaces and dashes ignored).
+    #[arg(long, value_name = "N")]
+    number: Option<String>,
+    /// Only calls billed at least S seconds.
+    #[arg(long, value_name = "S")]
+    min_billsec: Option<u32>,
+    /// table: aligned for people; json: one object per line; csv: a header and one row per
+    /// call.
+    #[arg(long, value_enum, default_value = "table")]
+    format: TableFormatArg,
+    /// Time zone to show times in (IANA name: Europe/London, UTC).
+    #[arg(long, value_name = "ZONE")]
+    tz: Option<String>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// First call time included (as for `calls`) [default: 30 days ago, at midnight].
+    #[arg(long, value_name = "T")]
+    since: Option<String>,
+    /// First call time excluded [default: none].
+    #[arg(long, value_name = "T")]
+    until: Option<String>,
+    /// Group by day, hour, week, month, direction, disposition, dst-prefix, src or dst;
+    /// repeat or separate with commas to combine [default: day].
+    #[arg(long, value_name = "G")]
+    by: Vec<String>,
+    /// Digits of the destination that dst-prefix groups by [default: 3].
+    #[arg(long, value_name = "N")]
+    prefix_len: Option<usize>,
+    /// table: aligned for people; json: one object per line; csv: a header and one row per
+    /// group.
+    #[arg(long, value_enum, default_value = "table")]
+    format: TableFormatArg,
+    /// Time zone of the days, hours, weeks and months (IANA name: Europe/London, UTC).
+    #[arg(long, value_name = "ZONE")]
+    tz: Option<String>,
+}
+
 #[derive(Args)]
 struct GetArgs {
     #[command(flatten)]
@@ -518,6 +610,35 @@ fn main() -> ExitCode {
             };
             cli::export::run(store, &args, out)
         }),
+        Command::Calls(a) => read(&a.data, |store, out| {
+            let args = cli::calls::Args {
+                since: a.since.clone(),
+                until: a.until.clone(),
+                direction: a.direction.map(|d| match d {
+                    DirectionArg::In => "in".to_string(),
+                    DirectionArg::Out => "out".to_string(),
+                }),
+                disposition: a.disposition.clone(),
+                number: a.number.clone(),
+                min_billsec: a.min_billsec,
+                format: a.format.into(),
+                tz: a.tz.clone(),
+                config_tz: configured_timezone(&a.data)?,
+            };
+            cli::calls::run(store, &args, out)
+        }),
+        Command::Report(a) => read(&a.data, |store, out| {
+            let args = cli::report::Args {
+                since: a.since.clone(),
+                until: a.until.clone(),
+                by: a.by.clone(),
+                prefix_len: a.prefix_len,
+                format: a.format.into(),
+                tz: a.tz.clone(),
+                config_tz: configured_timezone(&a.data)?,
+            };
+            cli::report::run(store, &args, out)
+        }),
         Command::Get(a) => read(&a.data, |store, out| {
             cli::get::run(store, &a.callid, a.raw, out)
         }),
@@ -640,6 +761,16 @@ fn pause(d: &DestArgs, pause: bool) -> ExitCode {
 }
 
 /// Opens the store read-only and runs one reader; errors are one line on stderr.
+/// The config file's `timezone`, when a config file is given.
+fn configured_timezone(data: &DataArgs) -> cli::Result<Option<String>> {
+    match &data.config {
+        Some(_) => Ok(Config::load(&data.flags())
+            .map_err(|e| cli::Error::Usage(e.to_string()))?
+            .timezone),
+        None => Ok(None),
+    }
+}
+
 fn read(
     data: &DataArgs,
     f: impl FnOnce(&didgate::store::Store, &mut std::io::StdoutLock<'static>) -> cli::Result<()>,

@@ -19,6 +19,7 @@ pub fn run(store: &Store, json: bool, out: &mut impl Write) -> Result<()> {
             "quarantined": report.quarantined,
             "call_index_entries": report.call_entries,
             "call_index_entries_unblocked": report.call_entries_unblocked,
+            "calls_indexed": report.calls_indexed,
             "consistent": consistent,
             "problems": report.problems,
         })
@@ -27,11 +28,13 @@ pub fn run(store: &Store, json: bool, out: &mut impl Write) -> Result<()> {
         line.into_bytes()
     } else {
         let mut text = format!(
-            "{} events, {} quarantined, {} call index entries ({} not yet in a complete block): {}\n",
+            "{} events, {} quarantined, {} call index entries ({} not yet in a complete block), \
+             {} calls/recordings/SMS by call time with their rollups: {}\n",
             report.events,
             report.quarantined,
             report.call_entries,
             report.call_entries_unblocked,
+            report.calls_indexed,
             if consistent {
                 "consistent"
             } else {

@@ -7,6 +7,7 @@
 //! pages the writer wants to reuse.
 
 pub mod backup;
+pub mod calls;
 pub mod check;
 pub mod consume;
 pub mod cursor;
@@ -17,6 +18,7 @@ pub mod prune;
 pub mod quarantine;
 pub mod recordings;
 pub mod render;
+pub mod report;
 pub mod stats;
 pub mod tail;
 pub mod urls;

@@ -321,6 +321,9 @@ impl<'a> Conn<'a> {
         };
         let mut content_type = head.content_type.unwrap_or_default();
         content_type.truncate(MAX_CONTENT_TYPE_BYTES);
+        // The call index's facts, read here on the connection's coroutine so the single
+        // writer only copies them (a second, small parse of a body already validated).
+        let call = crate::call::facts::Facts::of(&kind, format, &body);
         let reply = Reply::new();
         let job = Job {
             event: Event {
@@ -330,6 +333,7 @@ impl<'a> Conn<'a> {
                 content_type,
                 body,
                 callid,
+                call,
             },
             quarantine,
             reply: reply.clone(),

@@ -57,7 +57,7 @@ fn due_value(seq: u64, v: &[u8]) -> Result<i64> {
 
 /// The archive state of `seq` inside any transaction: its record, else `pending` when it is
 /// on the work list, else none.
-fn record_in(
+pub(super) fn record_in(
     txn: &impl lmdb::Transaction,
     archive: Table,
     open: Table,
@@ -135,6 +135,12 @@ impl WriteTxn<'_> {
     pub fn put_archive(&mut self, seq: u64, record: &ArchiveRecord) -> Result<()> {
         let key = seq_key(seq);
         let dbs = self.dbs;
+        let old = record_in(&self.txn, dbs.archive, dbs.archive_open, seq)?;
+        self.archive_changed(
+            seq,
+            super::calls::holds_file(old.as_ref()),
+            super::calls::holds_file(Some(record)),
+        )?;
         self.txn.put(
             dbs.archive.handle,
             &key,

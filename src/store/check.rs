@@ -25,6 +25,9 @@ pub struct CheckReport {
     pub call_entries: u64,
     /// Of `call_entries`, those after the last complete block.
     pub call_entries_unblocked: u64,
+    /// CDRs, recordings and SMS in the call index, each checked against its body, and the
+    /// rollups recounted from them.
+    pub calls_indexed: u64,
     /// Each inconsistency, in words; empty when the store is consistent.
     pub problems: Vec<String>,
 }
@@ -40,7 +43,8 @@ impl Store {
     /// Verifies the store's invariants in one read transaction: every record decodes, stamps
     /// never decrease along the sequence, every event has a digest of its body and no digest
     /// is left without its event, every callid digest in a complete block has its block entry,
-    /// every quarantine entry decodes, and the counters equal what is stored. Returns what it
+    /// every quarantine entry decodes, the counters equal what is stored, and the call index
+    /// and rollups equal a recount from the bodies. Returns what it
     /// found; an empty `problems` means consistent.
     ///
     /// # Errors
@@ -56,6 +60,11 @@ impl Store {
             Err(e) => report.problems.push(format!("counters: {e}")),
         }
         self.check_deliveries(&mut report.problems)?;
+        let txn = self.read_txn()?;
+        match super::calls::verify(&txn, self.dbs, &mut report.problems) {
+            Ok(n) => report.calls_indexed = n,
+            Err(e) => report.problems.push(format!("call index: {e}")),
+        }
         Ok(report)
     }
 

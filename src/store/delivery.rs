@@ -652,7 +652,9 @@ mod tests {
                 content_type: vec![],
                 body: format!("{{\"i\":{i}}}").into_bytes(),
                 callid: None,
-            };
+                call: None,
+            }
+            .with_call_facts();
             w.append_event(&ev, body_hash(&ev.body)).unwrap();
         }
         w.commit().unwrap();

@@ -284,7 +284,9 @@ mod tests {
                 content_type: vec![],
                 body: format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(500)).into_bytes(),
                 callid: None,
-            };
+                call: None,
+            }
+            .with_call_facts();
             w.append_event(&ev, crate::store::body_hash(&ev.body))
                 .unwrap();
         }

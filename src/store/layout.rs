@@ -18,6 +18,8 @@
 //! | `forward`    | destination name                      | destination state (JSON)       |
 //! | `forward_retry` | destination name, 0x00, seq u64 BE | retry state (JSON)             |
 //! | `forward_dead` | destination name, 0x00, seq u64 BE  | dead letter (JSON)             |
+//! | `calltime`   | call time ms i64 BE (sign bit flipped), seq u64 BE | call facts (`call/facts.rs`) |
+//! | `rollups`    | quarter hour i64 BE (sign bit flipped) | tally (`call/tally.rs`)       |
 //!
 //! Every database the writer adds to per event is keyed by the sequence number, so a commit
 //! appends at the right edge of each tree and writes a handful of pages, not one random page
@@ -34,13 +36,13 @@ use super::{Error, Result};
 use crate::event::{self, Record};
 
 /// Version of the key layout and record format; stored in `meta` and checked on open.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Events per `callblocks` record: a call lookup reads one record per block, plus the digests
 /// of at most this many newer events.
 pub const CALL_BLOCK: u64 = 1024;
 
-/// Named databases in the environment (LMDB needs the count up front): the schema's 12 and
+/// Named databases in the environment (LMDB needs the count up front): the schema's 14 and
 /// room for later ones (a reader of an older build opens a newer store with its own count).
 pub(super) const MAX_DBS: u32 = 16;
 
@@ -72,7 +74,8 @@ pub(super) struct Table {
     pub name: &'static str,
 }
 
-/// The databases of schema 4 (3 had no `cursors` and `forward*`; 2 had no `archive*`).
+/// The databases of schema 5 (4 had no `calltime` and `rollups`; 3 had no `cursors` and
+/// `forward*`; 2 had no `archive*`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Dbs {
     pub events: Table,
@@ -87,6 +90,8 @@ pub(super) struct Dbs {
     pub forward: Table,
     pub forward_retry: Table,
     pub forward_dead: Table,
+    pub calltime: Table,
+    pub rollups: Table,
 }
 
 impl Dbs {
@@ -111,6 +116,8 @@ impl Dbs {
             forward: table("forward")?,
             forward_retry: table("forward_retry")?,
             forward_dead: table("forward_dead")?,
+            calltime: table("calltime")?,
+            rollups: table("rollups")?,
         })
     }
 }

@@ -1,11 +1,12 @@
 //! Migration of older schemas, run by the writer's open: schema 1 (hash- and callid-keyed
-//! indexes) to schema 2 (sequence-keyed digests and call blocks).
+//! indexes) to schema 2 (sequence-keyed digests and call blocks), and the call index and
+//! rollups of schema 5 built from the stored bodies.
 
 use lmdb::{Cursor, Environment, Transaction, WriteFlags};
 
 use super::layout::{
     CALL_BLOCK, Digest, NEXT_SEQ_KEY, SCHEMA_VERSION, Table, body_hash, callid_hash, decode_at,
-    get_seq, next_seq, put_schema_version, seq_key, write_call_block,
+    get_seq, next_seq, seq_key, write_call_block,
 };
 use super::walk::Walk;
 use super::{Dbs, Error, Result};
@@ -124,7 +125,7 @@ pub(super) fn migrate_from_v1(env: &Environment, dbs: Dbs) -> Result<()> {
         }
         txn.commit()?;
     }
-    // 4. Drop the old indexes and raise the version, in one transaction.
+    // 4. Drop the old indexes (the version is raised once the call index is built too).
     let old_dedup = old_db(env, "dedup")?;
     let mut txn = env.begin_rw_txn()?;
     for db in [old_calls, old_dedup].into_iter().flatten() {
@@ -137,8 +138,22 @@ pub(super) fn migrate_from_v1(env: &Environment, dbs: Dbs) -> Result<()> {
         &next.to_be_bytes(),
         WriteFlags::empty(),
     )?;
-    put_schema_version(&mut txn, dbs)?;
     txn.commit()?;
-    crate::ops::log::info(format_args!("store migrated to schema {SCHEMA_VERSION}"));
+    Ok(())
+}
+
+/// Builds the call index and rollups (schema 5) from every stored event, then the caller
+/// raises the version: interrupted, it runs again from the start.
+pub(super) fn build_call_index(env: &Environment, dbs: Dbs) -> Result<()> {
+    crate::ops::log::info(format_args!(
+        "migrating the store to schema {SCHEMA_VERSION}: indexing calls by call time"
+    ));
+    let started = std::time::Instant::now();
+    let indexed = super::calls::build(env, dbs, MIGRATION_CHUNK)?;
+    crate::ops::log::info(format_args!(
+        "store migrated to schema {SCHEMA_VERSION}: {indexed} calls, recordings and SMS \
+         indexed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }

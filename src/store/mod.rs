@@ -16,6 +16,7 @@
 //! transaction per thread at a time is LMDB's rule; the API never nests them.
 
 pub mod archive;
+mod calls;
 mod check;
 mod consumer;
 pub mod delivery;
@@ -33,6 +34,7 @@ use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
 use lmdb::{DatabaseFlags, Environment, EnvironmentFlags, Transaction};
 
+pub use calls::{CallEntry, CallsPage};
 pub use check::CheckReport;
 pub use fault::contain_faults;
 pub use layout::{CALL_BLOCK, SCHEMA_VERSION, body_hash, callid_hash};
@@ -269,27 +271,27 @@ impl Store {
                 txn.commit()?;
             }
             Some(SCHEMA_VERSION) => txn.commit()?,
-            // Schema 4 only added the delivery databases, created above.
-            Some(3) => {
+            Some(old @ 1..=4) => {
+                // Schema 3 added the archive's databases, 4 the delivery databases, 5 the
+                // call index and rollups: all created above, the index built below.
+                let queued = if old == 2 {
+                    archive::queue_recent(&mut txn, dbs, crate::timestamp::now_ms())?
+                } else {
+                    0
+                };
+                txn.commit()?;
+                if old == 1 {
+                    migrate::migrate_from_v1(&env, dbs)?;
+                }
+                migrate::build_call_index(&env, dbs)?;
+                let mut txn = env.begin_rw_txn()?;
                 layout::put_schema_version(&mut txn, dbs)?;
                 txn.commit()?;
-                crate::ops::log::info(format_args!(
-                    "store upgraded to schema {SCHEMA_VERSION} (consumer cursors, forwarding)"
-                ));
-            }
-            // Schema 3 added the archive's databases, created above.
-            Some(2) => {
-                let queued = archive::queue_recent(&mut txn, dbs, crate::timestamp::now_ms())?;
-                layout::put_schema_version(&mut txn, dbs)?;
-                txn.commit()?;
-                crate::ops::log::info(format_args!(
-                    "store upgraded to schema {SCHEMA_VERSION}; {queued} recordings of the last \
-                     7 days queued for archiving"
-                ));
-            }
-            Some(1) => {
-                txn.commit()?;
-                migrate::migrate_from_v1(&env, dbs)?;
+                if queued > 0 {
+                    crate::ops::log::info(format_args!(
+                        "{queued} recordings of the last 7 days queued for archiving"
+                    ));
+                }
             }
             Some(found) => return Err(Error::Schema { found }),
         }
@@ -357,7 +359,7 @@ impl Store {
                 get(&txn, meta, SCHEMA_KEY)?.ok_or_else(|| Error::Missing(dir.to_path_buf()))?;
             match schema_of(meta, found)? {
                 SCHEMA_VERSION => {}
-                found @ (1..=3) => return Err(Error::NeedsMigration { found }),
+                found @ (1..=4) => return Err(Error::NeedsMigration { found }),
                 found => return Err(Error::Schema { found }),
             }
         }

@@ -13,7 +13,9 @@ fn event(kind: &str, body: &str, callid: Option<&str>) -> Event {
         content_type: b"application/json".to_vec(),
         body: body.as_bytes().to_vec(),
         callid: callid.map(str::to_string),
+        call: None,
     }
+    .with_call_facts()
 }
 
 const MAP: usize = 16 << 20;
@@ -535,4 +537,116 @@ fn archive_listings_merge_records_and_never_tried_recordings_page_by_page() {
         due.due.iter().map(|d| d.seq).collect::<Vec<_>>(),
         [2, 4, 5, 7, 8]
     );
+}
+
+#[test]
+fn rollups_follow_archive_states_and_deletions_and_equal_a_recount() {
+    use crate::archive::record::{ArchiveRecord, State};
+    use crate::call::tally::BUCKET_MS;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_writer(dir.path(), MAP).unwrap();
+    let cdr = |id: &str, billsec: u32| {
+        event(
+            "cdr",
+            &format!(
+                r#"{{"calldate":"2026-05-12T05:17:58Z","callid":"{id}","disposition":"ANSWERED","billsec":{billsec}}}"#
+            ),
+            Some(id),
+        )
+    };
+    let mut w = store.begin_write(1_000).unwrap();
+    add(&mut w, &cdr("a", 61));
+    let longest = add(&mut w, &cdr("b", 300));
+    let rec = add(
+        &mut w,
+        &event(
+            "recording",
+            r#"{"calldate":"2026-05-12T05:17:58Z","callid":"a","recording_url":"https://x/a.mp3"}"#,
+            Some("a"),
+        ),
+    );
+    w.commit().unwrap();
+    let bucket = 1_778_563_078_000i64.div_euclid(BUCKET_MS);
+    let tally = |s: &Store| s.rollups(bucket, bucket + 1).unwrap()[0].1;
+    assert_eq!((tally(&store).calls, tally(&store).longest), (2, 300));
+
+    let mut w = store.begin_write(2_000).unwrap();
+    let mut r = ArchiveRecord::pending(2_000);
+    r.state = State::Fetched;
+    r.next_try_ms = None;
+    w.put_archive(rec, &r).unwrap();
+    w.commit().unwrap();
+    assert_eq!(tally(&store).archived, 1);
+    assert!(store.check().unwrap().problems.is_empty());
+
+    // Retention takes the longest call: the quarter hour is recounted.
+    let mut w = store.begin_write(3_000).unwrap();
+    let page = w.oldest_events(longest, 1).unwrap();
+    w.delete_event(&page.items[0]).unwrap();
+    w.commit().unwrap();
+    let t = tally(&store);
+    assert_eq!((t.calls, t.longest, t.billsec, t.archived), (1, 61, 61, 1));
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.calls_indexed, 2);
+
+    // A damaged rollup is found.
+    {
+        let mut txn = store.env.begin_rw_txn().unwrap();
+        let mut bad = t;
+        bad.calls = 7;
+        let key = ((bucket as u64) ^ (1 << 63)).to_be_bytes();
+        txn.put(
+            store.dbs.rollups.handle,
+            &key,
+            &bad.encode(),
+            WriteFlags::empty(),
+        )
+        .unwrap();
+        txn.commit().unwrap();
+    }
+    let problems = store.check().unwrap().problems;
+    assert!(
+        problems.iter().any(|p| p.starts_with("rollups:")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_schema_4_store_gets_its_call_index_built_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let mut w = store.begin_write(1_000).unwrap();
+        for i in 0..50 {
+            let body = format!(
+                r#"{{"calldate":"2026-05-1{}T05:17:58Z","callid":"m{i}","billsec":{i},"disposition":"ANSWERED"}}"#,
+                i % 3
+            );
+            add(&mut w, &event("cdr", &body, None));
+        }
+        w.commit().unwrap();
+        // As a schema-4 didgate left it: no index, no rollups.
+        let mut txn = store.env.begin_rw_txn().unwrap();
+        txn.clear_db(store.dbs.calltime.handle).unwrap();
+        txn.clear_db(store.dbs.rollups.handle).unwrap();
+        txn.put(
+            store.dbs.meta.handle,
+            &SCHEMA_KEY,
+            &4u32.to_be_bytes(),
+            WriteFlags::empty(),
+        )
+        .unwrap();
+        txn.commit().unwrap();
+    }
+    assert!(matches!(
+        Store::open_reader(dir.path()),
+        Err(Error::NeedsMigration { found: 4 })
+    ));
+    let store = Store::open_writer(dir.path(), MAP).unwrap();
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.calls_indexed, 50);
+    let (page, _) = store.calls_page((0, 0), i64::MAX, 100).unwrap();
+    assert_eq!(page.len(), 50);
 }

@@ -1,8 +1,8 @@
 //! [`WriteTxn`]: the write transaction of one batch (the writer's) or one retention slice.
 //!
 //! Owns appending events with their digests, quarantining bodies, counting duplicates,
-//! deleting what retention expires, and keeping the counters, the call blocks and `next_seq`
-//! consistent with all of that in the same commit.
+//! deleting what retention expires, and keeping the counters, the call blocks, the call index
+//! with its rollups (`calls.rs`) and `next_seq` consistent with all of that in the same commit.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +15,7 @@ use super::layout::{
 use super::read::{Quarantined, StoredEvent};
 use super::walk::{Page, Walk};
 use super::{Dbs, Result, Store};
+use crate::call::facts::Facts;
 use crate::event::{self, Event};
 use crate::timestamp;
 
@@ -36,7 +37,7 @@ pub struct WriteTxn<'s> {
     first_quarantine: u64,
     next_event: u64,
     next_quarantine: u64,
-    stored_at_ms: i64,
+    pub(super) stored_at_ms: i64,
     day: String,
     /// Counter changes, applied once per key at commit.
     counts: BTreeMap<Vec<u8>, i64>,
@@ -46,7 +47,9 @@ pub struct WriteTxn<'s> {
     /// and `day/D/K` counters at commit: two formatted keys and map updates per batch and kind
     /// instead of per event.
     appended: Vec<(String, i64)>,
-    scratch: Vec<u8>,
+    /// Rollup changes per quarter hour of call time, applied at commit.
+    pub(super) rollups: BTreeMap<i64, super::calls::Pending>,
+    pub(super) scratch: Vec<u8>,
 }
 
 impl Store {
@@ -78,6 +81,7 @@ impl Store {
             counts: BTreeMap::new(),
             touched_blocks: BTreeSet::new(),
             appended: Vec::new(),
+            rollups: BTreeMap::new(),
             scratch: Vec::new(),
         })
     }
@@ -130,6 +134,9 @@ impl WriteTxn<'_> {
             &&bytes[..len],
             WriteFlags::APPEND,
         )?;
+        if let Some(facts) = &ev.call {
+            self.index_call(seq, facts)?;
+        }
         match self.appended.iter_mut().find(|(kind, _)| *kind == ev.kind) {
             Some((_, n)) => *n += 1,
             None => self.appended.push((ev.kind.clone(), 1)),
@@ -197,7 +204,12 @@ impl WriteTxn<'_> {
     /// # Errors
     /// LMDB errors; the whole transaction must then be dropped.
     pub fn delete_event(&mut self, ev: &StoredEvent) -> Result<Option<String>> {
-        let archived = self.delete_archive(ev.seq)?.and_then(|r| r.path);
+        let archive = self.delete_archive(ev.seq)?;
+        if let Some(facts) = Facts::of(&ev.kind, ev.format, &ev.body) {
+            let kept = super::calls::holds_file(archive.as_ref());
+            self.unindex_call(ev.seq, ev.stored_at_ms, &facts, kept)?;
+        }
+        let archived = archive.and_then(|r| r.path);
         let key = seq_key(ev.seq);
         del_if_present(&mut self.txn, self.dbs.events, &key)?;
         del_if_present(&mut self.txn, self.dbs.digests, &key)?;
@@ -250,6 +262,7 @@ impl WriteTxn<'_> {
                 )?;
             }
         }
+        self.apply_rollups()?;
         if self.next_event != self.first_event {
             // Blocks completed by this batch: their digests are all written now.
             for block in self.first_event / CALL_BLOCK..self.next_event / CALL_BLOCK {

@@ -74,7 +74,9 @@ pub(super) mod tests {
                 content_type: vec![],
                 body: body.as_bytes().to_vec(),
                 callid: None,
-            },
+                call: None,
+            }
+            .with_call_facts(),
             quarantine: quarantine.map(str::to_string),
             reply: Reply::new(),
         }

@@ -298,7 +298,9 @@ mod tests {
             content_type: vec![],
             body: format!(r#"{{"event":"{kind}","callid":"{callid}"}}"#).into_bytes(),
             callid: Some(callid.into()),
+            call: None,
         }
+        .with_call_facts()
     }
 
     #[test]

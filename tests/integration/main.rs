@@ -6,6 +6,7 @@ mod util;
 
 mod acme;
 mod appliance;
+mod calls;
 mod conformance;
 mod damage;
 mod delivery_crash;

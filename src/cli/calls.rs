@@ -1,0 +1,395 @@
+//! `didgate calls`: one row per call, by the call's own time, joined with its recordings.
+//!
+//! Reads the call index (`store/calls.rs`) a page at a time, each page in one short read
+//! transaction; the recordings of a page's calls are read from the same index over the page's
+//! time span widened by [`RECORDING_JOIN_MARGIN_MS`] on each side, with their archive states,
+//! so memory stays one page whatever the range.
+
+use std::io::Write;
+
+use super::{Error, Result, SCAN_CHUNK, emit};
+use crate::call::facts::{Facts, Kind};
+use crate::call::report::{self, CallRow, Recording};
+use crate::call::zone::Zone;
+use crate::store::Store;
+
+/// How far from a CDR's call time its recordings are looked for. didlogic sends a recording
+/// with its call's `calldate`, so they normally file under the same time; the margin covers
+/// a recording whose time did not parse (filed under when it arrived, minutes later).
+pub const RECORDING_JOIN_MARGIN_MS: i64 = 60 * 60 * 1000;
+
+/// The default span: the last 24 hours.
+pub const DEFAULT_SPAN_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Output format of `calls` and `report`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// An aligned table for people.
+    #[default]
+    Table,
+    /// One JSON object per line.
+    Json,
+    /// A header row, then one row per line.
+    Csv,
+}
+
+/// What `calls` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct Args {
+    /// First call time included.
+    pub since: Option<String>,
+    /// First call time excluded.
+    pub until: Option<String>,
+    /// `in` or `out`.
+    pub direction: Option<String>,
+    /// A disposition (`ANSWERED`, `NO ANSWER`, `BUSY`, `FAILED`, ...), any case.
+    pub disposition: Option<String>,
+    /// A number or prefix matching either side.
+    pub number: Option<String>,
+    /// Only calls billed at least this many seconds.
+    pub min_billsec: Option<u32>,
+    /// How rows are written.
+    pub format: Format,
+    /// `--tz`.
+    pub tz: Option<String>,
+    /// The config's `timezone`.
+    pub config_tz: Option<String>,
+}
+
+/// A disposition as typed or sent, for comparing: upper case, `_` as a space.
+fn disposition_key(d: &str) -> String {
+    d.trim().to_ascii_uppercase().replace('_', " ")
+}
+
+/// The time range and zone of `calls` and `report`.
+pub(super) fn range(
+    zone: &Zone,
+    since: Option<&str>,
+    until: Option<&str>,
+    default_since: impl FnOnce(i64) -> i64,
+) -> Result<(i64, i64)> {
+    let now = crate::timestamp::now_ms();
+    let parse = |s: &str| {
+        zone.parse_time(s, now)
+            .map_err(|e| Error::Usage(e.to_string()))
+    };
+    let since = match since {
+        Some(s) => parse(s)?,
+        None => default_since(now),
+    };
+    let until = match until {
+        Some(s) => parse(s)?,
+        None => i64::MAX,
+    };
+    if until <= since {
+        return Err(Error::Usage(
+            "--until must be later than --since (--since is included, --until excluded)".into(),
+        ));
+    }
+    Ok((since, until))
+}
+
+/// Runs `calls`.
+///
+/// # Errors
+/// [`Error::Usage`] for a bad time, zone or filter; store and output errors.
+pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
+    let zone = Zone::resolve(args.tz.as_deref(), args.config_tz.as_deref())
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    if let Some(d) = args.direction.as_deref()
+        && d != "in"
+        && d != "out"
+    {
+        return Err(Error::Usage(format!("--direction {d:?}: use in or out")));
+    }
+    let (since, until) = range(&zone, args.since.as_deref(), args.until.as_deref(), |now| {
+        now - DEFAULT_SPAN_MS
+    })?;
+    let want_disp = args.disposition.as_deref().map(disposition_key);
+    let want_number = args.number.as_deref().map(report::digits);
+    let keep = |f: &Facts| {
+        f.kind == Kind::Cdr
+            && args
+                .direction
+                .as_deref()
+                .is_none_or(|d| report::direction_matches(&f.direction, d))
+            && want_disp
+                .as_deref()
+                .is_none_or(|d| disposition_key(&f.disposition) == d)
+            && want_number.as_deref().is_none_or(|n| {
+                report::digits(&f.src).starts_with(n) || report::digits(&f.dst).starts_with(n)
+            })
+            && args.min_billsec.is_none_or(|m| f.billed_seconds() >= m)
+    };
+    let mut buf = Vec::new();
+    let table = Table::new(&zone);
+    match args.format {
+        Format::Table => table.header(&mut buf),
+        Format::Csv => csv_header(&mut buf)?,
+        Format::Json => {}
+    }
+    let mut from = (since, 0u64);
+    let mut shown = 0u64;
+    loop {
+        let (page, next) = store.calls_page(from, until, SCAN_CHUNK)?;
+        let cdrs: Vec<(i64, u64, Facts)> = page
+            .into_iter()
+            .filter(|e| keep(&e.facts))
+            .map(|e| (e.at_ms, e.seq, e.facts))
+            .collect();
+        if let (Some(first), Some(last)) = (cdrs.first(), cdrs.last()) {
+            let recordings = recordings_near(store, first.0, last.0)?;
+            for row in report::join(cdrs, &recordings) {
+                shown += 1;
+                match args.format {
+                    Format::Table => table.row(&row, &mut buf),
+                    Format::Json => json_row(&zone, &row, &mut buf),
+                    Format::Csv => csv_row(&zone, &row, &mut buf)?,
+                }
+            }
+        }
+        emit(out, &mut buf)?;
+        match next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    if args.format == Format::Table {
+        buf.extend_from_slice(format!("{shown} calls\n").as_bytes());
+        emit(out, &mut buf)?;
+    }
+    Ok(())
+}
+
+/// The recordings filed within the join margin of `[first_ms, last_ms]`, with their states.
+fn recordings_near(store: &Store, first_ms: i64, last_ms: i64) -> Result<Vec<(String, Recording)>> {
+    let mut seqs = Vec::new();
+    let mut callids = Vec::new();
+    let mut from = (first_ms.saturating_sub(RECORDING_JOIN_MARGIN_MS), 0u64);
+    let until = last_ms.saturating_add(RECORDING_JOIN_MARGIN_MS + 1);
+    loop {
+        let (page, next) = store.calls_page(from, until, SCAN_CHUNK)?;
+        for e in page {
+            if e.facts.kind == Kind::Recording && !e.facts.callid.is_empty() {
+                seqs.push(e.seq);
+                callids.push(e.facts.callid);
+            }
+        }
+        match next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    let states = store.archive_states(&seqs)?;
+    Ok(callids
+        .into_iter()
+        .zip(states)
+        .map(|(c, s)| (c, Recording::of_archive(s)))
+        .collect())
+}
+
+/// Text from a webhook made safe for a terminal: control characters (escape sequences
+/// among them) and bidirectional overrides become `?`, and it is cut to `width` characters
+/// with `…`.
+pub(super) fn cell(s: &str, width: usize) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| {
+            if c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+            {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if clean.chars().count() <= width {
+        clean
+    } else {
+        let mut cut: String = clean.chars().take(width.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// Pads `s` (already cut) to `width` characters.
+pub(super) fn pad(s: &str, width: usize, right: bool) -> String {
+    let n = s.chars().count();
+    let fill = " ".repeat(width.saturating_sub(n));
+    if right {
+        format!("{fill}{s}")
+    } else {
+        format!("{s}{fill}")
+    }
+}
+
+/// The short direction shown in the table.
+fn short_direction(d: &str) -> String {
+    if report::direction_matches(d, "in") {
+        "in".into()
+    } else if report::direction_matches(d, "out") {
+        "out".into()
+    } else if d.is_empty() {
+        report::NO_VALUE.into()
+    } else {
+        cell(d, 3)
+    }
+}
+
+/// The aligned table: 95 columns with a 20-character zone name.
+struct Table {
+    zone: Zone,
+    time_width: usize,
+}
+
+const NUMBER_WIDTH: usize = 15;
+const DISPOSITION_WIDTH: usize = 11;
+
+impl Table {
+    fn new(zone: &Zone) -> Table {
+        Table {
+            zone: zone.clone(),
+            time_width: format!("time ({})", zone.name()).chars().count().max(19),
+        }
+    }
+
+    fn header(&self, buf: &mut Vec<u8>) {
+        let line = format!(
+            "{} {} {} {} {} {} {} recording\n",
+            pad(
+                &format!("time ({})", self.zone.name()),
+                self.time_width,
+                false
+            ),
+            pad("dir", 3, false),
+            pad("from", NUMBER_WIDTH, false),
+            pad("to", NUMBER_WIDTH, false),
+            pad("disposition", DISPOSITION_WIDTH, false),
+            pad("dur", 5, true),
+            pad("bill", 5, true),
+        );
+        buf.extend_from_slice(line.as_bytes());
+    }
+
+    fn row(&self, r: &CallRow, buf: &mut Vec<u8>) {
+        let f = &r.facts;
+        let time = match f.at_ms {
+            Some(ms) => self.zone.time(ms),
+            None => cell(&format!("? {}", f.raw_time), self.time_width),
+        };
+        let line = format!(
+            "{} {} {} {} {} {} {} {}\n",
+            pad(&time, self.time_width, false),
+            pad(&short_direction(&f.direction), 3, false),
+            pad(&cell(&f.src, NUMBER_WIDTH), NUMBER_WIDTH, false),
+            pad(&cell(&f.dst, NUMBER_WIDTH), NUMBER_WIDTH, false),
+            pad(
+                &cell(&f.disposition, DISPOSITION_WIDTH),
+                DISPOSITION_WIDTH,
+                false
+            ),
+            pad(&f.duration.to_string(), 5, true),
+            pad(&f.billed_seconds().to_string(), 5, true),
+            r.recording.name(),
+        );
+        buf.extend_from_slice(line.as_bytes());
+    }
+}
+
+/// The fields of a `calls` row, in the JSON and CSV order.
+pub const FIELDS: [&str; 14] = [
+    "callid",
+    "calldate",
+    "calldate_raw",
+    "tz",
+    "direction",
+    "src",
+    "dst",
+    "disposition",
+    "answered",
+    "duration",
+    "billsec",
+    "recording",
+    "recordings",
+    "seq",
+];
+
+fn values(zone: &Zone, r: &CallRow) -> Vec<serde_json::Value> {
+    use serde_json::Value;
+    let f = &r.facts;
+    let text = |s: &str| {
+        if s.is_empty() {
+            Value::Null
+        } else {
+            Value::from(s)
+        }
+    };
+    vec![
+        text(&f.callid),
+        f.at_ms
+            .map_or(Value::Null, |ms| Value::from(zone.rfc3339(ms))),
+        text(&f.raw_time),
+        Value::from(zone.name()),
+        text(&f.direction),
+        text(&f.src),
+        text(&f.dst),
+        text(&f.disposition),
+        Value::from(f.answered()),
+        Value::from(f.duration),
+        Value::from(f.billed_seconds()),
+        Value::from(r.recording.name()),
+        Value::from(r.recordings),
+        Value::from(r.seq),
+    ]
+}
+
+fn json_row(zone: &Zone, r: &CallRow, buf: &mut Vec<u8>) {
+    let map: serde_json::Map<String, serde_json::Value> = FIELDS
+        .iter()
+        .map(|k| (*k).to_string())
+        .zip(values(zone, r))
+        .collect();
+    buf.extend_from_slice(serde_json::Value::Object(map).to_string().as_bytes());
+    buf.push(b'\n');
+}
+
+fn csv_header(buf: &mut Vec<u8>) -> Result<()> {
+    let mut w = csv::Writer::from_writer(buf);
+    w.write_record(FIELDS).map_err(csv_error)?;
+    w.flush()?;
+    Ok(())
+}
+
+fn csv_row(zone: &Zone, r: &CallRow, buf: &mut Vec<u8>) -> Result<()> {
+    let cells: Vec<String> = values(zone, r)
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        })
+        .collect();
+    let mut w = csv::Writer::from_writer(buf);
+    w.write_record(&cells).map_err(csv_error)?;
+    w.flush()?;
+    Ok(())
+}
+
+pub(super) fn csv_error(e: csv::Error) -> Error {
+    Error::Io(std::io::Error::other(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_terminal_safe_and_cut() {
+        assert_eq!(cell("a\u{1b}[31mb", 10), "a?[31mb");
+        assert_eq!(cell("\u{202e}evil", 10), "?evil");
+        assert_eq!(cell("1234567890", 5), "1234…");
+        assert_eq!(pad("ab", 4, true), "  ab");
+    }
+}
