@@ -58,15 +58,20 @@ fn event(i: u64, n: u64) -> Event {
     let callid = format!("c{}", i / 10 * 7 + (i % 10).min(6));
     let (kind, format, body) = match i % 10 {
         0..=6 => {
-            let answered = x % 3 != 0;
+            let answered = !x.is_multiple_of(3);
             let billsec = if answered { x % 600 } else { 0 };
-            let dst = ["448081697031", "19005550101", "33144556677", "4930123456"][(x % 4) as usize];
+            let dst =
+                ["448081697031", "19005550101", "33144556677", "4930123456"][(x % 4) as usize];
             (
                 "cdr",
                 BodyFormat::Json,
                 format!(
                     r#"{{"calldate":"{date}","callid":"{callid}","direction":"{}","disposition":"{}","dst":"{dst}","duration":{},"billsec":{billsec},"event":"cdr","src":"4412730{:05}","user_id":76141}}"#,
-                    if x % 5 == 0 { "inbound" } else { "outbound" },
+                    if x.is_multiple_of(5) {
+                        "inbound"
+                    } else {
+                        "outbound"
+                    },
                     if answered { "ANSWERED" } else { "NO ANSWER" },
                     billsec + 7,
                     x % 100_000
@@ -86,7 +91,9 @@ fn event(i: u64, n: u64) -> Event {
             format!(
                 "src=1555{:07}&dst=448001234567&message=Hello+world+{i}&received_at={}",
                 x % 10_000_000,
-                date.replace('T', "+").replace('Z', "+UTC").replace(':', "%3A")
+                date.replace('T', "+")
+                    .replace('Z', "+UTC")
+                    .replace(':', "%3A")
             ),
         ),
     };
@@ -106,7 +113,7 @@ fn event(i: u64, n: u64) -> Event {
     .with_call_facts()
 }
 
-fn generate(dir: &PathBuf, n: u64) -> Store {
+fn generate(dir: &std::path::Path, n: u64) -> Store {
     let marker = dir.join("generated");
     let store = Store::open_writer_with(dir, 64 << 30, Sync::Deferred).expect("open");
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(&n.to_string()) {
@@ -130,7 +137,7 @@ fn generate(dir: &PathBuf, n: u64) -> Store {
     store
 }
 
-fn time(name: &str, runs: usize, mut f: impl FnMut()) {
+fn time(name: &str, runs: usize, f: &mut dyn FnMut()) {
     let mut ms: Vec<f64> = (0..runs)
         .map(|_| {
             let t = Instant::now();
@@ -139,22 +146,41 @@ fn time(name: &str, runs: usize, mut f: impl FnMut()) {
         })
         .collect();
     ms.sort_by(f64::total_cmp);
-    println!("{name:<48} median {:>9.1} ms (min {:.1}, max {:.1}, {runs} runs)", ms[runs / 2], ms[0], ms[runs - 1]);
+    println!(
+        "{name:<48} median {:>9.1} ms (min {:.1}, max {:.1}, {runs} runs)",
+        ms[runs / 2],
+        ms[0],
+        ms[runs - 1]
+    );
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        // `cargo test --benches` / `cargo bench -- --list`: nothing to run here.
+    if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n: u64 = std::env::var("DIDGATE_REPORT_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
-    let dir = std::env::var_os("DIDGATE_REPORT_STORE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(format!("target/report-store-{n}")));
-    drop(generate(&dir, n));
+    // `cargo test --all-targets` runs this without `--bench`: a 20,000-event store in a temp
+    // directory, every query once, so the benchmark cannot rot.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let n: u64 = match std::env::var("DIDGATE_REPORT_EVENTS") {
+        _ if smoke => 20_000,
+        Ok(v) => v.parse().expect("DIDGATE_REPORT_EVENTS: a number"),
+        Err(_) => 10_000_000,
+    };
+    let dir = match std::env::var_os("DIDGATE_REPORT_STORE") {
+        _ if smoke => tmp.path().to_path_buf(),
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(format!("target/report-store-{n}")),
+    };
+    let generated = generate(&dir, n);
+    if smoke {
+        let report = generated.check().expect("check");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.calls_indexed, n);
+    }
+    drop(generated);
+    let time =
+        |name: &str, runs: usize, f: &mut dyn FnMut()| time(name, if smoke { 1 } else { runs }, f);
     let store = Store::open_reader(&dir).expect("reader");
     let rep = |since: &str, until: &str, by: &[&str]| report::Args {
         since: Some(since.into()),
@@ -165,17 +191,27 @@ fn main() {
     };
     let run = |a: report::Args| report::run(&store, &a, &mut std::io::sink()).expect("report");
     println!("store: {n} events over the year to 2026-12-01, times in Europe/London");
-    time("report one day --by day", 21, || run(rep("2026-06-15", "2026-06-16", &["day"])));
-    time("report one day --by hour", 21, || run(rep("2026-06-15", "2026-06-16", &["hour"])));
-    time("report one day --by dst-prefix (index scan)", 11, || {
-        run(rep("2026-06-15", "2026-06-16", &["dst-prefix"]))
+    time("report one day --by day", 21, &mut || {
+        run(rep("2026-06-15", "2026-06-16", &["day"]))
     });
-    time("report a year --by day", 5, || run(rep("2025-12-01", "2026-12-01", &["day"])));
-    time("report a year --by month", 5, || run(rep("2025-12-01", "2026-12-01", &["month"])));
-    time("report a year --by direction (index scan)", 3, || {
+    time("report one day --by hour", 21, &mut || {
+        run(rep("2026-06-15", "2026-06-16", &["hour"]))
+    });
+    time(
+        "report one day --by dst-prefix (index scan)",
+        11,
+        &mut || run(rep("2026-06-15", "2026-06-16", &["dst-prefix"])),
+    );
+    time("report a year --by day", 5, &mut || {
+        run(rep("2025-12-01", "2026-12-01", &["day"]))
+    });
+    time("report a year --by month", 5, &mut || {
+        run(rep("2025-12-01", "2026-12-01", &["month"]))
+    });
+    time("report a year --by direction (index scan)", 3, &mut || {
         run(rep("2025-12-01", "2026-12-01", &["direction"]))
     });
-    time("calls one day --format json", 11, || {
+    time("calls one day --format json", 11, &mut || {
         let a = calls::Args {
             since: Some("2026-06-15".into()),
             until: Some("2026-06-16".into()),
