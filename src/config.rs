@@ -47,8 +47,13 @@ pub struct Config {
     pub recordings: crate::archive::Settings,
     /// Forwarding destinations (`[[forward]]`), in the file's order.
     pub forward: Vec<crate::forward::Destination>,
-    /// The IANA time zone `calls` and `report` show and group in (`None`: the system's).
+    /// The IANA time zone `calls` and `report` show and group in, and alert rules judge
+    /// hours and days in (`None`: the system's).
     pub timezone: Option<String>,
+    /// The `[[alert]]` rules, in the file's order.
+    pub alerts: Vec<crate::alert::rule::Rule>,
+    /// How often `serve` evaluates them.
+    pub alert_interval: Duration,
 }
 
 /// The TOML file, as written. Every key is optional; unknown keys are errors.
@@ -93,6 +98,8 @@ struct FileConfig {
     recordings: Option<recordings::RecordingsFile>,
     forward: Option<Vec<forward::ForwardFile>>,
     timezone: Option<String>,
+    alert: Option<Vec<alert::AlertFile>>,
+    alert_interval: Option<String>,
 }
 
 /// What the command line said; each `Some` overrides the file.
@@ -294,12 +301,18 @@ impl Config {
                 }
                 None => None,
             },
+            alerts: alert::section(f.alert.as_deref())?,
+            alert_interval: duration(
+                "alert_interval",
+                &f.alert_interval,
+                crate::alert::DEFAULT_INTERVAL,
+            )?,
         })
     }
 }
 
 /// Keys a reload applies at once; every other key waits for a restart.
-pub const LIVE_KEYS: [&str; 10] = [
+pub const LIVE_KEYS: [&str; 11] = [
     "token",
     "previous_token",
     "allow_from",
@@ -310,6 +323,7 @@ pub const LIVE_KEYS: [&str; 10] = [
     "shutdown_timeout",
     "forward",
     "timezone",
+    "alert",
 ];
 
 /// The file keys whose value differs between two configurations, in the file's order.
@@ -325,6 +339,8 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
         ("listen", s.listen != t.listen),
         ("data_dir", a.data_dir != b.data_dir),
         ("timezone", a.timezone != b.timezone),
+        ("alert", a.alerts != b.alerts),
+        ("alert_interval", a.alert_interval != b.alert_interval),
         ("token", a.token != b.token),
         (
             "max_head_bytes",
@@ -632,6 +648,7 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
+mod alert;
 mod forward;
 mod nats;
 mod recordings;

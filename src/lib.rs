@@ -13,6 +13,7 @@
 //! - [`writer`]: the single writer thread: batch, dedup, commit, wake; housekeeping, retention.
 //! - [`store`]: LMDB: layout, walk, reads, the write transaction, check, migrate, OS helpers.
 //! - [`forward`]: delivery onward: `[[forward]]` destinations, retries, dead letters.
+//! - [`alert`]: `[[alert]]` rules over the calls, evaluated by `serve`; notifications.
 //! - [`tls`]: HTTPS on the webhook listener: certificates from files or ACME, kept current.
 //! - [`ops`]: admin listener, health, metrics, systemd notify, log, token.
 //! - [`cli`]: the reader subcommands (`tail`, `export`, `get`, `stats`, `quarantine`, ...).
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod alert;
 pub mod archive;
 pub(crate) mod backoff;
 pub mod call;

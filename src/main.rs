@@ -49,6 +49,11 @@ enum Command {
     /// Default: the last 30 days by day, in --tz, else the config's `timezone`, else the
     /// system's zone. docs/cli.md describes every column.
     Report(ReportArgs),
+    /// The `[[alert]]` rules: firing or not, since when, why, and the calls behind them.
+    ///
+    /// `serve` evaluates the rules every `alert_interval` and writes their state into the data
+    /// directory; pass --config to list configured rules it has not evaluated yet.
+    Alerts(AlertsArgs),
     /// Print every event of one call (its CDR and recordings), oldest first.
     ///
     /// Exit status 1 when no event has that callid.
@@ -453,6 +458,15 @@ struct ReportArgs {
 }
 
 #[derive(Args)]
+struct AlertsArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// One JSON object per rule instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct GetArgs {
     #[command(flatten)]
     data: DataArgs,
@@ -638,6 +652,21 @@ fn main() -> ExitCode {
                 config_tz: configured_timezone(&a.data)?,
             };
             cli::report::run(store, &args, out)
+        }),
+        Command::Alerts(a) => in_data_dir(&a.data, |dir, out| {
+            let cfg = match &a.data.config {
+                Some(_) => Some(
+                    Config::load(&a.data.flags()).map_err(|e| cli::Error::Usage(e.to_string()))?,
+                ),
+                None => None,
+            };
+            cli::alerts::run(
+                dir,
+                cfg.as_ref().map(|c| c.alerts.as_slice()),
+                cfg.as_ref().and_then(|c| c.timezone.as_deref()),
+                a.json,
+                out,
+            )
         }),
         Command::Get(a) => read(&a.data, |store, out| {
             cli::get::run(store, &a.callid, a.raw, out)

@@ -289,6 +289,16 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     let (mut forwarder, forward_link) =
         crate::forward::Forwarder::start(store.clone(), &cfg.forward, metrics.clone())
             .map_err(start_error("cannot start the forwarder"))?;
+    // Reads the call index beside the writer; never writes the store.
+    let alerts = crate::alert::Alerts::start(
+        store.clone(),
+        cfg.alerts.clone(),
+        cfg.timezone.clone(),
+        cfg.alert_interval,
+        cfg.data_dir.clone(),
+        metrics.clone(),
+    )
+    .map_err(start_error("cannot start the alerts"))?;
     let (writer, queue) = Writer::spawn(
         store,
         cfg.writer.clone(),
@@ -404,6 +414,10 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
                         let quota = new.recordings.max_archive_bytes.unwrap_or(u64::MAX);
                         l.max_archive_bytes.store(quota, Ordering::Relaxed);
                     }
+                    if new.alerts != cfg.alerts || new.timezone != cfg.timezone {
+                        alerts.reload(new.alerts.clone(), new.timezone.clone());
+                        crate::ops::log::info(format_args!("alerts: {} rules", new.alerts.len()));
+                    }
                     if new.forward != cfg.forward {
                         match forwarder.apply(&new.forward) {
                             Ok(changes) => crate::ops::log::info(format_args!(
@@ -462,6 +476,7 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
     if let Some(a) = archiver {
         a.stop();
     }
+    alerts.stop();
     // Before the writer, which commits the dispatchers' last reports as it stops.
     forwarder.stop();
     let result = writer.stop();

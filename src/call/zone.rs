@@ -100,6 +100,13 @@ impl Zone {
         self.zoned(ms).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
     }
 
+    /// The weekday (Monday 0) and the minute of the day of `ms`, in this zone.
+    pub fn weekday_minute(&self, ms: i64) -> (u8, u32) {
+        let dt = self.civil(ms);
+        let weekday = dt.weekday().to_monday_zero_offset() as u8;
+        (weekday, dt.hour() as u32 * 60 + dt.minute() as u32)
+    }
+
     /// The calendar day, `2026-05-12`.
     pub fn day(&self, ms: i64) -> String {
         self.civil(ms).strftime("%Y-%m-%d").to_string()

@@ -6,6 +6,7 @@
 //! are copied out before anything is written, so a reader blocked on its output never pins
 //! pages the writer wants to reuse.
 
+pub mod alerts;
 pub mod backup;
 pub mod calls;
 pub mod check;

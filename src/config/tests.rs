@@ -95,6 +95,9 @@ fn changed_keys_name_each_key_that_differs() {
         "tls",
         "recordings",
         "forward",
+        "timezone",
+        "alert",
+        "alert_interval",
     ];
     let schema = format!("{:?}", FileConfig::default());
     for k in keys {

@@ -267,6 +267,10 @@ pub struct Metrics {
     pub archive_download_seconds: Histogram<10>,
     /// The forwarding destinations' series.
     pub forward: crate::forward::metrics::Registry,
+    /// Each alert rule's name and whether it is firing, in the config's order.
+    alerts: std::sync::Mutex<Vec<(String, bool)>>,
+    /// Alert notifications delivered and failed tries.
+    alert_notifications: [AtomicU64; 2],
 }
 
 /// The `outcome` label values of `didgate_recordings_total`.
@@ -322,6 +326,8 @@ impl Default for Metrics {
             archive_outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
             archive_download_seconds: Histogram::new(DOWNLOAD_BUCKETS),
             forward: Default::default(),
+            alerts: std::sync::Mutex::new(Vec::new()),
+            alert_notifications: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 }
@@ -410,6 +416,45 @@ impl Metrics {
         self.batch_events.observe(events as f64);
         self.last_commit_ms
             .store(u64::try_from(now_ms).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Replaces the alert gauges (the runner, after each evaluation).
+    pub fn set_alerts(&self, rules: Vec<(String, bool)>) {
+        if let Ok(mut a) = self.alerts.lock() {
+            *a = rules;
+        }
+    }
+
+    /// Counts one alert notification try.
+    pub fn count_alert_notification(&self, delivered: bool) {
+        self.alert_notifications[usize::from(!delivered)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render_alerts(&self, o: &mut String) {
+        let rules = self.alerts.lock().map(|a| a.clone()).unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "# HELP didgate_alert_firing 1 while the alert rule is firing.\n# TYPE didgate_alert_firing gauge"
+        );
+        for (name, firing) in &rules {
+            // Rule names are 1 to 64 of A-Z a-z 0-9 _ . - (checked at load): no escaping needed.
+            let _ = writeln!(
+                o,
+                "didgate_alert_firing{{rule=\"{name}\"}} {}",
+                u8::from(*firing)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP didgate_alert_notifications_total Alert notification tries, by result.\n# TYPE didgate_alert_notifications_total counter"
+        );
+        for (i, result) in ["delivered", "failed"].iter().enumerate() {
+            let n = self.alert_notifications[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                o,
+                "didgate_alert_notifications_total{{result=\"{result}\"}} {n}"
+            );
+        }
     }
 
     /// The Prometheus text exposition, with the queue depth and the writer's heartbeat read
@@ -583,6 +628,7 @@ impl Metrics {
         }
         self.render_archive(&mut o);
         self.forward.render(&mut o);
+        self.render_alerts(&mut o);
         o
     }
 

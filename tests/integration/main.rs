@@ -5,6 +5,7 @@ mod sink;
 mod util;
 
 mod acme;
+mod alerts;
 mod appliance;
 mod calls;
 mod conformance;
