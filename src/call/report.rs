@@ -1,6 +1,7 @@
 //! Calls and reports from index entries and rollups: the recording join, the `--by`
 //! groupings and their rows. Pure; the store reads, the CLI draws.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use super::facts::{Facts, Kind};
@@ -216,26 +217,36 @@ impl Grouping {
         self.by.iter().map(|b| b.time_key(&self.zone, ms)).collect()
     }
 
-    fn key_of(&self, at_ms: i64, f: &Facts) -> Vec<String> {
-        let or_dash = |s: &str| {
-            if s.is_empty() {
-                NO_VALUE.to_string()
-            } else {
-                s.to_string()
-            }
-        };
+    /// The group of one entry, borrowing its text; `times` caches the time keys of the
+    /// last quarter hour seen (they are the same for every entry in it).
+    fn key_of<'f>(
+        &self,
+        at_ms: i64,
+        f: &'f Facts,
+        times: &mut (i64, Vec<String>),
+    ) -> Vec<Cow<'f, str>> {
+        let or_dash = |s: &'f str| Cow::Borrowed(if s.is_empty() { NO_VALUE } else { s });
+        let bucket = super::tally::bucket_of(at_ms);
+        if self.by.iter().any(|b| b.is_time()) && (times.1.is_empty() || times.0 != bucket) {
+            *times = (bucket, self.key_of_time(at_ms));
+        }
         self.by
             .iter()
-            .map(|b| match b {
+            .enumerate()
+            .map(|(i, b)| match b {
                 By::Direction => or_dash(&f.direction),
                 By::Disposition => or_dash(&f.disposition),
                 By::Src => or_dash(&f.src),
                 By::Dst => or_dash(&f.dst),
                 By::DstPrefix => {
-                    let d = digits(&f.dst);
-                    or_dash(&d.chars().take(self.prefix_len).collect::<String>())
+                    let d: String = digits(&f.dst).chars().take(self.prefix_len).collect();
+                    if d.is_empty() {
+                        Cow::Borrowed(NO_VALUE)
+                    } else {
+                        Cow::Owned(d)
+                    }
                 }
-                time => time.time_key(&self.zone, at_ms),
+                _ => Cow::Owned(times.1[i].clone()),
             })
             .collect()
     }
@@ -257,18 +268,32 @@ impl Rows {
     /// Adds index entries one by one. A recording is counted in its call's group (found by
     /// callid among `entries`), or in its own when its CDR is not among them.
     pub fn add_entries(&mut self, g: &Grouping, entries: &[(i64, Facts, bool)]) {
-        let mut call_key: HashMap<&str, Vec<String>> = HashMap::new();
-        for (at, f, _) in entries {
+        let mut times = (0, Vec::new());
+        // Keys borrow the entries' text; only a group's first entry makes an owned key.
+        let keys: Vec<Vec<Cow<'_, str>>> = entries
+            .iter()
+            .map(|(at, f, _)| g.key_of(*at, f, &mut times))
+            .collect();
+        let mut call_key: HashMap<&str, usize> = HashMap::new();
+        for (i, (_, f, _)) in entries.iter().enumerate() {
             if f.kind == Kind::Cdr && !f.callid.is_empty() {
-                call_key.insert(f.callid.as_str(), g.key_of(*at, f));
+                call_key.insert(f.callid.as_str(), i);
             }
         }
-        for (at, f, archived) in entries {
-            let key = match (f.kind, call_key.get(f.callid.as_str())) {
-                (Kind::Recording, Some(k)) if !f.callid.is_empty() => k.clone(),
-                _ => g.key_of(*at, f),
+        let mut local: HashMap<&[Cow<'_, str>], Tally> = HashMap::new();
+        for (i, (_, f, archived)) in entries.iter().enumerate() {
+            let k = match call_key.get(f.callid.as_str()) {
+                Some(&c) if f.kind == Kind::Recording && !f.callid.is_empty() => c,
+                _ => i,
             };
-            self.0.entry(key).or_default().add(&Tally::of(f, *archived));
+            local
+                .entry(keys[k].as_slice())
+                .or_default()
+                .add(&Tally::of(f, *archived));
+        }
+        for (k, t) in local {
+            let owned: Vec<String> = k.iter().map(|c| c.to_string()).collect();
+            self.0.entry(owned).or_default().add(&t);
         }
     }
 

@@ -103,10 +103,13 @@ fn walk_calls(
     until_ms: i64,
     mut visit: impl FnMut(CallEntry) -> Result<bool>,
 ) -> Result<()> {
-    let end = time_key(until_ms);
+    let end = u64::from_be_bytes(time_key(until_ms));
     for item in PrefixWalk::new(txn, table, &[], from)? {
         let (k, v) = item?;
-        if k.len() >= 8 && k[..8] >= end[..] {
+        // Compared as a number: a byte-slice compare per entry is a libc call.
+        if let Some(head) = k.first_chunk::<8>()
+            && u64::from_be_bytes(*head) >= end
+        {
             break;
         }
         if !visit(decode_entry(table, k, v)?)? {

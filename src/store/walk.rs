@@ -209,7 +209,9 @@ impl<'txn> Iterator for PrefixWalk<'txn> {
             None => self.cursor.get(None, None, lmdb_sys::MDB_NEXT),
         };
         match got {
-            Ok((Some(k), v)) if k.starts_with(&self.prefix) => Some(Ok((k, v))),
+            Ok((Some(k), v)) if self.prefix.is_empty() || k.starts_with(&self.prefix) => {
+                Some(Ok((k, v)))
+            }
             Ok(_) | Err(lmdb::Error::NotFound) => {
                 self.done = true;
                 None
