@@ -47,13 +47,13 @@ fn pipeline(c: &mut Criterion) {
                         let replies: Vec<Arc<Reply>> = (0..PER_PRODUCER)
                             .map(|i| {
                                 let body = format!(r#"{{"event":"cdr","callid":"{r}-{p}-{i}","duration":9,"billsec":7,"user_id":76141}}"#).into_bytes();
-                                let Decoded::Event { kind, format, callid } =
+                                let Decoded::Event { kind, format, callid, call } =
                                     decode::decode_body(&mut json, Hook::Cdr, Some(b"application/json"), &body)
                                 else {
                                     panic!("bench body must decode")
                                 };
                                 let reply = Reply::new();
-                                let event = Event { kind, format, peer: None, content_type: b"application/json".to_vec(), body, callid, call: None }.with_call_facts();
+                                let event = Event { kind, format, peer: None, content_type: b"application/json".to_vec(), body, callid, call: call.map(|c| *c) };
                                 queue.submit(Job { event, quarantine: None, reply: reply.clone() }).unwrap();
                                 reply
                             })

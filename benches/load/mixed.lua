@@ -15,6 +15,15 @@ if pace_ms > 0 then
     return pace_ms
   end
 end
+-- With DIDGATE_CALLDATE_NOW, calls carry the current time (so alert rules, whose windows end
+-- now, have every call of the run to judge); else the seed's fixed date.
+local calldate_now = os.getenv("DIDGATE_CALLDATE_NOW") ~= nil
+local function calldate()
+  if calldate_now then
+    return os.date("!%Y-%m-%dT%H:%M:%SZ")
+  end
+  return "2026-05-12T05:17:58Z"
+end
 -- Globals, not locals: done() reads them from each thread with thread:get().
 counter = 0
 acked = 0
@@ -34,12 +43,12 @@ request = function()
   local id = string.format("%s-%d-%d", run, thread_id, counter)
   local pick = counter % 10
   if pick < 7 then
-    local body = '{"calldate":"2026-05-12T05:17:58Z","callid":"' .. id ..
+    local body = '{"calldate":"' .. calldate() .. '","callid":"' .. id ..
       '","direction":"outbound","disposition":"ANSWERED","dst":"448081697031","duration":9,' ..
       '"billsec":7,"event":"cdr","src":"441273004315","user_id":76141}'
     return wrk.format("POST", "/hooks/" .. token .. "/cdr", json_headers, body)
   elseif pick < 9 then
-    local body = '{"calldate":"2026-05-12T05:17:58Z","callid":"' .. id ..
+    local body = '{"calldate":"' .. calldate() .. '","callid":"' .. id ..
       '","event":"recording","recording_url":"' .. recording_base .. id ..
       '.mp3?X-Amz-Expires=604800&X-Amz-Signature=0123456789abcdef","user_id":76141}'
     return wrk.format("POST", "/hooks/" .. token .. "/recording", json_headers, body)

@@ -99,6 +99,8 @@ def to_ms(text):
 
 RECORDING_BASE = None
 PACE_MS = 0
+# Calls stamped with the current time (--alerts), so alert windows hold the run's calls.
+CALLDATE_NOW = False
 
 
 def wrk(port, conns, seconds, token, run_id, scheme="http"):
@@ -107,6 +109,8 @@ def wrk(port, conns, seconds, token, run_id, scheme="http"):
         env["DIDGATE_PACE_MS"] = str(PACE_MS)
     if RECORDING_BASE:
         env["DIDGATE_RECORDING_BASE"] = RECORDING_BASE
+    if CALLDATE_NOW:
+        env["DIDGATE_CALLDATE_NOW"] = "1"
     out = subprocess.run(
         ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "15s", "--latency",
          "-s", LUA, f"{scheme}://127.0.0.1:{port}"],
@@ -344,13 +348,18 @@ def main():
                     help="with --archive, --forward or --consume: this many off/on pairs, "
                     "alternating which runs first; req/s are the means, and each pair's ratio "
                     "is printed (2-core machines are noisy: 3 or more for a figure to quote)")
+    ap.add_argument("--alerts", action="store_true",
+                    help="[[alert]] rules off and on, same run: the packaged examples' five "
+                         "types evaluated every second (60 times the default) over calls "
+                         "stamped with the current time")
     ap.add_argument("--tls", action="store_true",
                     help="HTTPS: nginx and didgate over TLS, plus didgate plain in the same run")
     args = ap.parse_args()
     # A NATS destination is a forward destination: the same runs, the same figures.
     args.forward = args.forward or args.nats
-    global BIN, PACE_MS
+    global BIN, PACE_MS, CALLDATE_NOW
     PACE_MS = args.pace
+    CALLDATE_NOW = args.alerts
     if args.bin:
         BIN = os.path.abspath(args.bin)
     conns = [int(c) for c in args.conns.split(",")]
@@ -393,6 +402,19 @@ def main():
                    f'create_stream = true\nsubjects = ["didlogic.>"]\n')
     if args.dest_extra:
         forward += args.dest_extra.replace("\\n", "\n") + "\n"
+    if args.alerts:
+        # Every rule type, as the packaged examples write them, judged every second.
+        forward += ('[[alert]]\nname = "no-cdr"\ntype = "silence"\nkind = "cdr"\n'
+                    'duration = "3h"\n'
+                    '[[alert]]\nname = "premium"\ntype = "off_hours"\n'
+                    'prefixes = ["1900", "1976", "1809", "1876", "44"]\n'
+                    'hours = "08:00-08:01"\n'
+                    '[[alert]]\nname = "short-calls"\ntype = "burst"\nmax_calls = 20\n'
+                    'window = "10m"\nmax_billsec = 10\n'
+                    '[[alert]]\nname = "asr"\ntype = "asr_below"\nthreshold_percent = 40\n'
+                    'window = "1h"\nmin_attempts = 20\n'
+                    '[[alert]]\nname = "recordings"\ntype = "recording_missing"\n'
+                    'delay = "1m"\nwindow = "1h"\n')
     archive_off_section = "[recordings]\nenabled = false\n"
     archive_on_section = ("[recordings]\nallow_http = true\n"
                           "allow_private_addresses = [\"127.0.0.1/32\"]\n"
@@ -402,7 +424,8 @@ def main():
                               else archive_off_section)):
         path = os.path.join(work, f"didgate-{name}.toml")
         with open(path, "w") as f:
-            f.write(recordings + tls_section + (forward if name == "on" else ""))
+            top = 'alert_interval = "1s"\n' if args.alerts and name == "on" else ""
+            f.write(top + recordings + tls_section + (forward if name == "on" else ""))
         configs[name] = path
     global RECORDING_BASE
     files = None
@@ -462,7 +485,7 @@ http {{
                 proc = start_didgate(fresh_data(), didgate_port, token, plain_config)
                 plain = wrk(didgate_port, c, args.seconds, token, f"p{c}-{time.time()}")
                 stop_didgate(proc)
-            compare = args.archive or args.forward or args.consume
+            compare = args.archive or args.forward or args.consume or args.alerts
 
             def off_run():
                 proc = start_didgate(fresh_data(), didgate_port, token, configs["off"])
@@ -473,7 +496,8 @@ http {{
             def on_run():
                 data = fresh_data()
                 proc = start_didgate(data, didgate_port, token,
-                                     configs["on" if args.archive or args.forward else "off"])
+                                     configs["on" if args.archive or args.forward or args.alerts
+                                             else "off"])
                 consumer = None
                 if args.consume:
                     consumer = subprocess.Popen([BIN, "consume", "bench", "--exec",
@@ -568,7 +592,7 @@ http {{
     tls_kind = " (TLS)" if args.tls else ""
     side = ("archiver" if args.archive else "NATS publishing" if args.nats
             else "forwarding" if args.forward
-            else "consumer" if args.consume else "")
+            else "consumer" if args.consume else "alerts" if args.alerts else "")
     kind = tls_kind + (f", {side} on" if side else "")
     for (c, base, ours, sampler, commits, events, stored, ok, _, (sent, acked), plain,
          archive_off, _, _) in rows:

@@ -22,7 +22,7 @@ use crate::call::report::Recording;
 use crate::call::zone::Zone;
 use crate::ops::metrics::Metrics;
 use crate::store::Store;
-use rule::{Entry, Rule};
+use rule::Rule;
 use state::{RuleState, Snapshot, Transition};
 
 /// How often rules are evaluated by default (`alert_interval`).
@@ -44,9 +44,8 @@ pub const DEFAULT_RECORDING_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Default `min_attempts` of an `asr_below` rule.
 pub const DEFAULT_MIN_ATTEMPTS: u64 = 10;
 
-/// Most index entries one rule reads per evaluation; beyond, it judges what it read and the
-/// log says so (a burst window of hours on a very busy account).
-pub const MAX_ENTRIES: usize = 500_000;
+/// How far past now a call's time may be and still count (a sender's clock ahead of ours).
+pub const FUTURE_SLACK: Duration = Duration::from_secs(15 * 60);
 
 /// The alert state file in the data directory.
 pub fn state_path(data_dir: &std::path::Path) -> PathBuf {
@@ -159,6 +158,9 @@ fn run(
             }
             snapshot.rules.insert(r.name.clone(), st);
         }
+        // The index pages the rules read are the page cache's to keep, not this process's
+        // resident memory.
+        let _ = store.release_mapped_pages();
         snapshot.evaluated_at_ms = now;
         snapshot.interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
         snapshot.timezone = zone.name().to_string();
@@ -238,8 +240,9 @@ fn announce(
     }
 }
 
-/// Reads what a rule needs and judges it; `None` outside the rule's hours (an `off_hours`
-/// rule always runs: its hours are the allowed ones).
+/// Reads what a rule needs and judges it, a page of the call index at a time (memory stays
+/// bounded whatever the window holds); `None` outside the rule's hours (an `off_hours` rule
+/// always runs: its hours are the allowed ones).
 fn evaluate(
     store: &Store,
     r: &Rule,
@@ -253,54 +256,39 @@ fn evaluate(
     let back = i64::try_from(r.check.lookback().as_millis()).unwrap_or(i64::MAX);
     let since = now.saturating_sub(back);
     // Calls a little in the future (a sender's clock ahead of ours) count as now.
-    let until = now.saturating_add(DEFAULT_OFF_HOURS_WINDOW.as_millis() as i64);
-    let silence_kind = match &r.check {
-        rule::Check::Silence { kind, .. } => Some(*kind),
-        _ => None,
-    };
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut last: Option<i64> = None;
-    let mut from = (since, 0u64);
-    let mut truncated = false;
+    let until = now.saturating_add(i64::try_from(FUTURE_SLACK.as_millis()).unwrap_or(0));
+    let mut judge = rule::Judge::new(r, zone, now);
     loop {
-        let (page, next) = store.calls_page(from, until, crate::cli::SCAN_CHUNK)?;
-        for e in page {
-            match silence_kind {
-                Some(k) if e.facts.kind == k => {
-                    last = Some(last.map_or(e.at_ms, |t| t.max(e.at_ms)))
-                }
-                Some(_) => {}
-                None => entries.push((e.at_ms, e.seq, e.facts, Recording::None)),
+        let mut from = (since, 0u64);
+        loop {
+            let (page, next) = store.calls_page(from, until, crate::cli::SCAN_CHUNK)?;
+            let states = if judge.needs_recordings() {
+                let seqs: Vec<u64> = page
+                    .iter()
+                    .filter(|e| e.facts.kind == Kind::Recording)
+                    .map(|e| e.seq)
+                    .collect();
+                store.archive_states(&seqs)?
+            } else {
+                Vec::new()
+            };
+            let mut states = states.into_iter();
+            for e in &page {
+                let state = if e.facts.kind == Kind::Recording && judge.needs_recordings() {
+                    Recording::of_archive(states.next().flatten())
+                } else {
+                    Recording::None
+                };
+                judge.feed(e.at_ms, e.seq, &e.facts, state);
+            }
+            match next {
+                Some(n) => from = n,
+                None => break,
             }
         }
-        if entries.len() >= MAX_ENTRIES {
-            truncated = next.is_some();
+        if !judge.second_pass() {
             break;
         }
-        match next {
-            Some(n) => from = n,
-            None => break,
-        }
     }
-    if truncated {
-        crate::ops::log::warn_limited(
-            "alerts-truncated",
-            format_args!(
-                "alert {}: judged the first {MAX_ENTRIES} calls of its window only",
-                r.name
-            ),
-        );
-    }
-    if matches!(r.check, rule::Check::RecordingMissing { .. }) {
-        let seqs: Vec<u64> = entries
-            .iter()
-            .filter(|e| e.2.kind == Kind::Recording)
-            .map(|e| e.1)
-            .collect();
-        let mut states = store.archive_states(&seqs)?.into_iter();
-        for e in entries.iter_mut().filter(|e| e.2.kind == Kind::Recording) {
-            e.3 = Recording::of_archive(states.next().flatten());
-        }
-    }
-    Ok(Some(r.judge(zone, now, &entries, last)))
+    Ok(Some(judge.finish()))
 }

@@ -171,9 +171,13 @@ pub struct Finding {
     pub calls: Vec<Trigger>,
 }
 
-/// One index entry as the runner hands it over: time, seq, facts, and for a recording its
+/// One index entry as the tests hand it over: time, seq, facts, and for a recording its
 /// state.
 pub type Entry = (i64, u64, Facts, Recording);
+
+/// Most destinations a `burst` rule counts per evaluation; beyond, new ones are not counted
+/// (a window of hundreds of thousands of distinct numbers), and the summary says so.
+pub const MAX_BURST_GROUPS: usize = 100_000;
 
 fn matches_prefix(dst: &str, prefixes: &[String]) -> bool {
     let d = report::digits(dst);
@@ -188,27 +192,166 @@ fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-impl Rule {
-    /// Judges the entries of `[now - lookback, now]` (all kinds, call-time order); `last`
-    /// is the newest event time of the silence rule's kind, when the runner found one.
-    pub fn judge(&self, zone: &Zone, now_ms: i64, entries: &[Entry], last: Option<i64>) -> Finding {
-        let cdrs = || entries.iter().filter(|(_, _, f, _)| f.kind == Kind::Cdr);
-        match &self.check {
+/// A rule's evaluation over a stream of index entries in call-time order, in bounded
+/// memory: counters, at most [`MAX_TRIGGERS`] calls, and what a check must remember
+/// (a `burst` rule's count per destination, a `recording_missing` rule's recordings).
+///
+/// A `burst` rule needs two passes: the runner feeds the window again after
+/// [`Judge::second_pass`] returns true, and only then are the calls of the destinations over
+/// the limit collected.
+pub struct Judge<'r> {
+    rule: &'r Rule,
+    zone: Zone,
+    now_ms: i64,
+    since_ms: i64,
+    pass: u8,
+    last: Option<i64>,
+    calls: u64,
+    answered: u64,
+    triggers: Vec<Trigger>,
+    found: u64,
+    groups: std::collections::HashMap<String, u64>,
+    groups_full: bool,
+    recorded: std::collections::HashMap<String, Recording>,
+    billed: Vec<Trigger>,
+}
+
+impl<'r> Judge<'r> {
+    /// A judge of `rule` at `now_ms`.
+    pub fn new(rule: &'r Rule, zone: &Zone, now_ms: i64) -> Judge<'r> {
+        let back = match &rule.check {
+            Check::RecordingMissing { delay, window, .. } => ms(*window) + ms(*delay),
+            other => ms(other.lookback()),
+        };
+        Judge {
+            rule,
+            zone: zone.clone(),
+            now_ms,
+            since_ms: now_ms.saturating_sub(back),
+            pass: 0,
+            last: None,
+            calls: 0,
+            answered: 0,
+            triggers: Vec::new(),
+            found: 0,
+            groups: std::collections::HashMap::new(),
+            groups_full: false,
+            recorded: std::collections::HashMap::new(),
+            billed: Vec::new(),
+        }
+    }
+
+    fn burst_key(&self, f: &Facts) -> Option<String> {
+        let Check::Burst {
+            prefix_len,
+            prefixes,
+            max_billsec,
+            ..
+        } = &self.rule.check
+        else {
+            return None;
+        };
+        if f.kind != Kind::Cdr
+            || !matches_prefix(&f.dst, prefixes)
+            || max_billsec.is_some_and(|m| f.billed_seconds() > m)
+        {
+            return None;
+        }
+        let d = report::digits(&f.dst);
+        Some(match prefix_len {
+            Some(n) => d.chars().take(*n).collect(),
+            None => d,
+        })
+    }
+
+    /// Takes one entry (`recording`: a recording's state, else ignored).
+    pub fn feed(&mut self, at: i64, seq: u64, f: &Facts, recording: Recording) {
+        if at < self.since_ms {
+            return;
+        }
+        match &self.rule.check {
+            Check::Silence { kind, .. } if f.kind == *kind => {
+                self.last = Some(self.last.map_or(at, |t| t.max(at)));
+            }
+            Check::AsrBelow { .. } if f.kind == Kind::Cdr => {
+                self.calls += 1;
+                if f.answered() {
+                    self.answered += 1;
+                } else if self.triggers.len() < MAX_TRIGGERS {
+                    self.triggers.push(Trigger::of(seq, at, f));
+                }
+            }
+            Check::Burst { max_calls, .. } => {
+                let Some(key) = self.burst_key(f) else { return };
+                if self.pass == 0 {
+                    let full = self.groups.len() >= MAX_BURST_GROUPS;
+                    match self.groups.get_mut(&key) {
+                        Some(n) => *n += 1,
+                        None if !full => {
+                            self.groups.insert(key, 1);
+                        }
+                        None => self.groups_full = true,
+                    }
+                } else if self.groups.get(&key).is_some_and(|n| n > max_calls)
+                    && self.triggers.len() < MAX_TRIGGERS
+                {
+                    self.triggers.push(Trigger::of(seq, at, f));
+                }
+            }
+            Check::OffHours { prefixes, .. }
+                if f.kind == Kind::Cdr
+                    && matches_prefix(&f.dst, prefixes)
+                    && !self
+                        .rule
+                        .schedule
+                        .as_ref()
+                        .is_some_and(|s| s.contains(&self.zone, at)) =>
+            {
+                self.found += 1;
+                if self.triggers.len() < MAX_TRIGGERS {
+                    self.triggers.push(Trigger::of(seq, at, f));
+                }
+            }
+            Check::RecordingMissing { delay, .. } => match f.kind {
+                Kind::Recording if !f.callid.is_empty() => {
+                    let e = self.recorded.entry(f.callid.clone()).or_insert(recording);
+                    *e = (*e).max(recording);
+                }
+                Kind::Cdr => {
+                    let ended = at + i64::from(f.duration) * 1000;
+                    if f.billed_seconds() > 0 && ended + ms(*delay) <= self.now_ms {
+                        self.billed.push(Trigger::of(seq, at, f));
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// After the first pass: whether the runner must feed the window once more.
+    pub fn second_pass(&mut self) -> bool {
+        let again = self.pass == 0
+            && matches!(&self.rule.check, Check::Burst { max_calls, .. }
+                if self.groups.values().any(|n| n > max_calls));
+        if again {
+            self.pass = 1;
+        }
+        again
+    }
+
+    /// Whether the rule needs recordings' archive states.
+    pub fn needs_recordings(&self) -> bool {
+        matches!(self.rule.check, Check::RecordingMissing { .. })
+    }
+
+    /// What the rule says.
+    pub fn finish(self) -> Finding {
+        match &self.rule.check {
             Check::Silence { kind, duration } => {
-                let since = now_ms - ms(*duration);
-                let firing = last.is_none_or(|t| t < since);
-                let summary = match last {
-                    Some(t) => format!(
-                        "no {} since {} ({} ago; the rule allows {})",
-                        kind.name(),
-                        zone.rfc3339(t),
-                        human(Duration::from_secs(((now_ms - t).max(0) / 1000) as u64)),
-                        human(*duration)
-                    ),
-                    None => format!("no {} for more than {}", kind.name(), human(*duration)),
-                };
+                let firing = self.last.is_none();
                 let summary = if firing {
-                    summary
+                    format!("no {} for more than {}", kind.name(), human(*duration))
                 } else {
                     format!("a {} arrived within {}", kind.name(), human(*duration))
                 };
@@ -223,70 +366,36 @@ impl Rule {
                 window,
                 min_attempts,
             } => {
-                let since = now_ms - ms(*window);
-                let (mut calls, mut answered) = (0u64, 0u64);
-                let mut failed = Vec::new();
-                for (at, seq, f, _) in cdrs().filter(|(at, ..)| *at >= since) {
-                    calls += 1;
-                    if f.answered() {
-                        answered += 1;
-                    } else if failed.len() < MAX_TRIGGERS {
-                        failed.push(Trigger::of(*seq, *at, f));
-                    }
-                }
-                let asr = if calls == 0 {
+                let asr = if self.calls == 0 {
                     100.0
                 } else {
-                    answered as f64 * 100.0 / calls as f64
+                    self.answered as f64 * 100.0 / self.calls as f64
                 };
-                let firing = calls >= *min_attempts && asr < *percent;
+                let firing = self.calls >= *min_attempts && asr < *percent;
                 Finding {
                     firing,
                     summary: format!(
-                        "ASR {asr:.1}% over the last {} ({answered} of {calls} calls answered; \
-                         the rule fires under {percent}% with at least {min_attempts} calls)",
-                        human(*window)
+                        "ASR {asr:.1}% over the last {} ({} of {} calls answered; the rule fires \
+                         under {percent}% with at least {min_attempts} calls)",
+                        human(*window),
+                        self.answered,
+                        self.calls
                     ),
-                    calls: if firing { failed } else { Vec::new() },
+                    calls: if firing { self.triggers } else { Vec::new() },
                 }
             }
             Check::Burst {
-                max_calls,
-                window,
-                prefix_len,
-                prefixes,
-                max_billsec,
+                max_calls, window, ..
             } => {
-                let since = now_ms - ms(*window);
-                let mut groups: std::collections::BTreeMap<String, Vec<Trigger>> =
-                    std::collections::BTreeMap::new();
-                for (at, seq, f, _) in cdrs().filter(|(at, ..)| *at >= since) {
-                    if !matches_prefix(&f.dst, prefixes)
-                        || max_billsec.is_some_and(|m| f.billed_seconds() > m)
-                    {
-                        continue;
-                    }
-                    let d = report::digits(&f.dst);
-                    let key = match prefix_len {
-                        Some(n) => d.chars().take(*n).collect(),
-                        None => d,
-                    };
-                    groups
-                        .entry(key)
-                        .or_default()
-                        .push(Trigger::of(*seq, *at, f));
-                }
-                let mut over: Vec<(String, Vec<Trigger>)> = groups
-                    .into_iter()
-                    .filter(|(_, v)| v.len() as u64 > *max_calls)
-                    .collect();
-                over.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+                let mut over: Vec<(&String, &u64)> =
+                    self.groups.iter().filter(|(_, n)| *n > max_calls).collect();
+                over.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
                 let firing = !over.is_empty();
-                let summary = if firing {
+                let mut summary = if firing {
                     let list: Vec<String> = over
                         .iter()
                         .take(5)
-                        .map(|(k, v)| format!("{} calls to {k}", v.len()))
+                        .map(|(k, n)| format!("{n} calls to {k}"))
                         .collect();
                     format!(
                         "{} within {} (the rule allows {max_calls})",
@@ -299,37 +408,25 @@ impl Rule {
                         human(*window)
                     )
                 };
-                let calls = over
-                    .into_iter()
-                    .flat_map(|(_, v)| v)
-                    .take(MAX_TRIGGERS)
-                    .collect();
+                if self.groups_full {
+                    summary.push_str(&format!(
+                        "; only the first {MAX_BURST_GROUPS} destinations were counted"
+                    ));
+                }
                 Finding {
                     firing,
                     summary,
-                    calls,
+                    calls: self.triggers,
                 }
             }
             Check::OffHours { prefixes, window } => {
-                let since = now_ms - ms(*window);
-                let found: Vec<Trigger> = cdrs()
-                    .filter(|(at, _, f, _)| {
-                        *at >= since
-                            && matches_prefix(&f.dst, prefixes)
-                            && !self
-                                .schedule
-                                .as_ref()
-                                .is_some_and(|s| s.contains(zone, *at))
-                    })
-                    .map(|(at, seq, f, _)| Trigger::of(*seq, *at, f))
-                    .collect();
-                let firing = !found.is_empty();
+                let firing = self.found > 0;
                 Finding {
                     firing,
                     summary: if firing {
                         format!(
                             "{} calls to {} outside the allowed hours within {}",
-                            found.len(),
+                            self.found,
                             prefixes.join(", "),
                             human(*window)
                         )
@@ -339,7 +436,7 @@ impl Rule {
                             prefixes.join(", ")
                         )
                     },
-                    calls: found.into_iter().take(MAX_TRIGGERS).collect(),
+                    calls: self.triggers,
                 }
             }
             Check::RecordingMissing {
@@ -347,39 +444,24 @@ impl Rule {
                 window,
                 min_missing,
             } => {
-                let since = now_ms - ms(*window) - ms(*delay);
-                let mut recorded: std::collections::HashMap<&str, Recording> =
-                    std::collections::HashMap::new();
-                for (_, _, f, state) in entries
-                    .iter()
-                    .filter(|(_, _, f, _)| f.kind == Kind::Recording)
-                {
-                    let e = recorded.entry(f.callid.as_str()).or_insert(*state);
-                    *e = (*e).max(*state);
-                }
-                let missing: Vec<Trigger> = cdrs()
-                    .filter(|(at, _, f, _)| {
-                        let ended = at + i64::from(f.duration) * 1000;
-                        *at >= since
-                            && f.billed_seconds() > 0
-                            && ended + ms(*delay) <= now_ms
-                            && (f.callid.is_empty()
-                                || matches!(
-                                    recorded
-                                        .get(f.callid.as_str())
-                                        .copied()
-                                        .unwrap_or(Recording::None),
-                                    Recording::None | Recording::Failed | Recording::Expired
-                                ))
+                let recorded = &self.recorded;
+                let missing: Vec<Trigger> = self
+                    .billed
+                    .into_iter()
+                    .filter(|t| {
+                        t.callid.is_empty()
+                            || matches!(
+                                recorded.get(&t.callid).copied().unwrap_or(Recording::None),
+                                Recording::None | Recording::Failed | Recording::Expired
+                            )
                     })
-                    .map(|(at, seq, f, _)| Trigger::of(*seq, *at, f))
                     .collect();
-                let firing = missing.len() as u64 >= *min_missing;
+                let n = missing.len() as u64;
+                let firing = n >= *min_missing;
                 Finding {
                     firing,
                     summary: format!(
-                        "{} billed calls of the last {} without a recording {} after they ended",
-                        missing.len(),
+                        "{n} billed calls of the last {} without a recording {} after they ended",
                         human(*window),
                         human(*delay)
                     ),
@@ -391,6 +473,22 @@ impl Rule {
                 }
             }
         }
+    }
+}
+
+impl Rule {
+    /// Judges a slice of entries (all passes): what the runner does over the store.
+    pub fn judge(&self, zone: &Zone, now_ms: i64, entries: &[Entry]) -> Finding {
+        let mut j = Judge::new(self, zone, now_ms);
+        loop {
+            for (at, seq, f, r) in entries {
+                j.feed(*at, *seq, f, *r);
+            }
+            if !j.second_pass() {
+                break;
+            }
+        }
+        j.finish()
     }
 }
 
@@ -440,10 +538,10 @@ mod tests {
             call(NOW - 1000, "a", "1", "BUSY", 0),
             call(NOW - 900, "b", "1", "FAILED", 0),
         ];
-        assert!(!r.judge(&z, NOW, &two, None).firing);
+        assert!(!r.judge(&z, NOW, &two).firing);
         let mut three = two.to_vec();
         three.push(call(NOW - 800, "c", "1", "ANSWERED", 9));
-        let f = r.judge(&z, NOW, &three, None);
+        let f = r.judge(&z, NOW, &three);
         assert!(f.firing, "{}", f.summary);
         assert_eq!(f.calls.len(), 2);
         assert!(f.summary.starts_with("ASR 33.3%"));
@@ -465,10 +563,10 @@ mod tests {
         let mut e: Vec<Entry> = (0..3)
             .map(|i| call(NOW - i * 1000, "x", "+1 876 555", "ANSWERED", 4))
             .collect();
-        assert!(r.judge(&z, NOW, &e, None).firing);
+        assert!(r.judge(&z, NOW, &e).firing);
         e[0].2.billsec = Some(60);
         assert!(
-            !r.judge(&z, NOW, &e, None).firing,
+            !r.judge(&z, NOW, &e).firing,
             "a long call is not part of it"
         );
     }
@@ -490,16 +588,16 @@ mod tests {
         // 05:17 UTC is 07:17 in Berlin: before opening; 13:17 in Singapore: inside.
         let at = [call(NOW - 60_000, "p", "19005550100", "ANSWERED", 30)];
         assert!(
-            r.judge(&Zone::named("Europe/Berlin").unwrap(), NOW, &at, None)
+            r.judge(&Zone::named("Europe/Berlin").unwrap(), NOW, &at)
                 .firing
         );
         assert!(
-            !r.judge(&Zone::named("Asia/Singapore").unwrap(), NOW, &at, None)
+            !r.judge(&Zone::named("Asia/Singapore").unwrap(), NOW, &at)
                 .firing
         );
         let other = [call(NOW - 60_000, "p", "4930123", "ANSWERED", 30)];
         assert!(
-            !r.judge(&Zone::named("Europe/Berlin").unwrap(), NOW, &other, None)
+            !r.judge(&Zone::named("Europe/Berlin").unwrap(), NOW, &other)
                 .firing
         );
     }
@@ -514,9 +612,10 @@ mod tests {
             },
             None,
         );
-        assert!(s.judge(&z, NOW, &[], Some(NOW - 4 * 3_600_000)).firing);
-        assert!(!s.judge(&z, NOW, &[], Some(NOW - 3_600_000)).firing);
-        assert!(s.judge(&z, NOW, &[], None).firing);
+        let cdr_at = |t: i64| [call(t, "s", "1", "ANSWERED", 1)];
+        assert!(s.judge(&z, NOW, &cdr_at(NOW - 4 * 3_600_000)).firing);
+        assert!(!s.judge(&z, NOW, &cdr_at(NOW - 3_600_000)).firing);
+        assert!(s.judge(&z, NOW, &[]).firing);
         let m = rule(
             Check::RecordingMissing {
                 delay: Duration::from_secs(600),
@@ -526,14 +625,14 @@ mod tests {
             None,
         );
         let mut e = vec![call(NOW - 1_200_000, "a", "1", "ANSWERED", 60)];
-        assert!(m.judge(&z, NOW, &e, None).firing);
+        assert!(m.judge(&z, NOW, &e).firing);
         let mut rec = e[0].clone();
         rec.2.kind = Kind::Recording;
         rec.3 = Recording::Archived;
         e.push(rec);
-        assert!(!m.judge(&z, NOW, &e, None).firing);
+        assert!(!m.judge(&z, NOW, &e).firing);
         // Too recent to expect the recording yet.
         let fresh = [call(NOW - 60_000, "b", "1", "ANSWERED", 10)];
-        assert!(!m.judge(&z, NOW, &fresh, None).firing);
+        assert!(!m.judge(&z, NOW, &fresh).firing);
     }
 }

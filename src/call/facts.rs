@@ -1,22 +1,18 @@
 //! [`Facts`]: what the call index keeps about one CDR, recording or SMS, taken from its body,
 //! and the bytes of an index entry.
 //!
-//! Pure: a body in, facts out. Ingest computes them on the connection's coroutine (so the
-//! writer only copies them into its transaction); the store's migration and `check` compute
-//! them again from stored bodies, with this same function, so the index is always what the
-//! bodies say. Every text field is attacker-controlled and kept only as data, cut to
+//! Pure: a body in, facts out. Ingest builds them on the connection's coroutine from the
+//! fields its JSON decoder already found in the same pass over the body (so the writer only
+//! copies them into its transaction); the store's migration and `check` decode stored bodies
+//! with that same decoder ([`Facts::of`]), so the index is always what the bodies say. Every text field is attacker-controlled and kept only as data, cut to
 //! [`MAX_FIELD_BYTES`].
 
 use std::borrow::Cow;
-use std::fmt;
-
-use serde::Deserialize;
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
-use serde_json::value::RawValue;
 
 use super::calldate;
 use crate::event::{BodyFormat, truncate_str};
 use crate::ingest::decode::form::Form;
+use crate::ingest::decode::json::{CallFields, JsonDecoder, Scalar};
 
 /// Longest text field kept in the index (direction, disposition, numbers, callid, a raw
 /// calldate), in bytes. Real values are a few dozen bytes at most; longer ones are cut at a
@@ -212,110 +208,92 @@ impl Facts {
 /// Version byte of an index entry.
 const ENTRY_VERSION: u8 = 1;
 
-/// A field value as text: a JSON string unescaped, a number as written; `None` for other
+/// A field value as text: a string as sent, a number in its decimal form; `None` for other
 /// JSON values.
-fn text(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let s = raw.get().trim();
-    match s.as_bytes().first() {
-        Some(b'"') => serde_json::from_str::<Cow<'_, str>>(s).ok(),
-        Some(b'-' | b'0'..=b'9') => Some(Cow::Borrowed(s)),
-        _ => None,
+fn text(v: &Scalar) -> Option<Cow<'_, str>> {
+    match v {
+        Scalar::Text(s) => Some(Cow::Borrowed(s.as_str())),
+        Scalar::Int(n) => Some(Cow::Owned(n.to_string())),
+        Scalar::Float(f) => Some(Cow::Owned(f.to_string())),
+        Scalar::Other => None,
     }
 }
 
 /// Whole non-negative seconds from a number or a numeric string (`9`, `"9"`, `9.0`); values
 /// above u32 are capped, anything else is `None`.
-fn seconds(raw: &RawValue) -> Option<u32> {
-    let t = text(raw)?;
-    let t = t.trim();
-    if let Ok(n) = t.parse::<u64>() {
-        return Some(u32::try_from(n).unwrap_or(u32::MAX));
+fn seconds(v: &Scalar) -> Option<u32> {
+    let from_f64 =
+        |f: f64| (f.is_finite() && f >= 0.0).then(|| f.round().min(f64::from(u32::MAX)) as u32);
+    match v {
+        Scalar::Int(n) if *n >= 0 => Some(u32::try_from(*n).unwrap_or(u32::MAX)),
+        Scalar::Int(_) | Scalar::Other => None,
+        Scalar::Float(f) => from_f64(*f),
+        Scalar::Text(t) => {
+            let t = t.trim();
+            match t.parse::<u64>() {
+                Ok(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                Err(_) => from_f64(t.parse().ok()?),
+            }
+        }
     }
-    let f: f64 = t.parse().ok()?;
-    (f.is_finite() && f >= 0.0).then(|| f.round().min(f64::from(u32::MAX)) as u32)
 }
 
 fn kept(s: &str) -> String {
     truncate_str(s, MAX_FIELD_BYTES).to_string()
 }
 
-/// The top-level fields of a JSON event that the index keeps, as raw JSON values; a later
-/// duplicate of a key wins, as in serde_json and the ingest decoder.
-#[derive(Default)]
-struct Fields<'a> {
-    calldate: Option<&'a RawValue>,
-    callid: Option<&'a RawValue>,
-    direction: Option<&'a RawValue>,
-    disposition: Option<&'a RawValue>,
-    src: Option<&'a RawValue>,
-    dst: Option<&'a RawValue>,
-    duration: Option<&'a RawValue>,
-    billsec: Option<&'a RawValue>,
-}
-
-impl<'de> Deserialize<'de> for Fields<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Fields<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-                let mut out = Fields::default();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let slot = match key.as_ref() {
-                        "calldate" => &mut out.calldate,
-                        "callid" => &mut out.callid,
-                        "direction" => &mut out.direction,
-                        "disposition" => &mut out.disposition,
-                        "src" => &mut out.src,
-                        "dst" => &mut out.dst,
-                        "duration" => &mut out.duration,
-                        "billsec" => &mut out.billsec,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
-                    };
-                    *slot = Some(map.next_value::<&'de RawValue>()?);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_map(V)
-    }
+thread_local! {
+    /// The decoder of bodies read back from the store (check, migration, tools): the same
+    /// code ingest runs, so an entry rebuilt from its body is the entry ingest wrote.
+    static DECODER: std::cell::RefCell<JsonDecoder> = std::cell::RefCell::new(JsonDecoder::default());
 }
 
 fn of_json(kind: Kind, body: &[u8]) -> Option<Facts> {
-    let body = crate::ingest::decode::json::strip_bom(body);
-    let f: Fields<'_> = serde_json::from_slice(body).ok()?;
-    let txt = |v: Option<&RawValue>| v.and_then(text).map(|s| kept(&s)).unwrap_or_default();
-    let (at_ms, raw_time) = match f.calldate {
-        None => (None, String::new()),
-        Some(raw) => match text(raw) {
-            Some(s) => match calldate::parse(&s) {
-                Some(ms) => (Some(ms), String::new()),
-                None => (None, kept(&s)),
-            },
-            None => (None, kept(raw.get())),
-        },
-    };
-    Some(Facts {
+    let fields = DECODER.with(|d| d.borrow_mut().decode(body)).ok()?;
+    Some(Facts::from_json(
         kind,
-        at_ms,
-        raw_time,
-        direction: txt(f.direction),
-        disposition: txt(f.disposition),
-        src: txt(f.src),
-        dst: txt(f.dst),
-        duration: f.duration.and_then(seconds).unwrap_or(0),
-        billsec: f.billsec.and_then(seconds),
-        callid: txt(f.callid),
-    })
+        &fields.call,
+        fields.callid.as_deref(),
+    ))
 }
 
-fn of_form(body: &[u8]) -> Facts {
+impl Facts {
+    /// The facts of a JSON event from the fields its decoding found (ingest's path: no
+    /// second parse of the body).
+    pub fn from_json(kind: Kind, call: &CallFields, callid: Option<&str>) -> Facts {
+        let txt = |v: &Option<Scalar>| {
+            v.as_ref()
+                .and_then(text)
+                .map(|s| kept(&s))
+                .unwrap_or_default()
+        };
+        let (at_ms, raw_time) = match &call.calldate {
+            None => (None, String::new()),
+            Some(v) => match text(v) {
+                Some(s) => match calldate::parse(&s) {
+                    Some(ms) => (Some(ms), String::new()),
+                    None => (None, kept(&s)),
+                },
+                None => (None, "(not a string)".to_string()),
+            },
+        };
+        Facts {
+            kind,
+            at_ms,
+            raw_time,
+            direction: txt(&call.direction),
+            disposition: txt(&call.disposition),
+            src: txt(&call.src),
+            dst: txt(&call.dst),
+            duration: call.duration.as_ref().and_then(seconds).unwrap_or(0),
+            billsec: call.billsec.as_ref().and_then(seconds),
+            callid: callid.map(kept).unwrap_or_default(),
+        }
+    }
+}
+
+/// The facts of an SMS form (ingest's path as well: a form is decoded whole only here).
+pub fn of_form(body: &[u8]) -> Facts {
     let form = Form::decode(body);
     let mut facts = Facts {
         kind: Kind::Sms,

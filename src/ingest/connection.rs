@@ -300,12 +300,13 @@ impl<'a> Conn<'a> {
         let max_depth = gateway.settings.max_json_depth;
         let json = self.json.get_or_insert_with(|| JsonDecoder::new(max_depth));
         let decoded = decode::decode_body(json, hook, content_type, &body);
-        let (kind, format, callid, quarantine) = match decoded {
+        let (kind, format, callid, call, quarantine) = match decoded {
             Decoded::Event {
                 kind,
                 format,
                 callid,
-            } => (kind, format, callid, None),
+                call,
+            } => (kind, format, callid, call.map(|c| *c), None),
             Decoded::Quarantine(reason) => {
                 crate::ops::log::warn_limited(
                     "quarantine",
@@ -315,15 +316,13 @@ impl<'a> Conn<'a> {
                     hook.name().to_string(),
                     BodyFormat::Undecoded,
                     None,
+                    None,
                     Some(reason),
                 )
             }
         };
         let mut content_type = head.content_type.unwrap_or_default();
         content_type.truncate(MAX_CONTENT_TYPE_BYTES);
-        // The call index's facts, read here on the connection's coroutine so the single
-        // writer only copies them (a second, small parse of a body already validated).
-        let call = crate::call::facts::Facts::of(&kind, format, &body);
         let reply = Reply::new();
         let job = Job {
             event: Event {

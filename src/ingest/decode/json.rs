@@ -1,5 +1,7 @@
-//! JSON event decoding with simd-json: validate the body as one JSON object and pull out the two
-//! fields the gateway needs (`event` for the kind, `callid` for the call index).
+//! JSON event decoding with simd-json: validate the body as one JSON object and pull out the
+//! fields the gateway needs (`event` for the kind, `callid` for the call blocks, and the call
+//! facts of the call index: `calldate`, `direction`, `disposition`, `src`, `dst`, `duration`,
+//! `billsec`), in the same walk of the tape.
 //!
 //! Owns validation and field extraction only; the body itself is stored as received
 //! (`event.rs`). simd-json unescapes strings in place, so the body is first copied into a
@@ -14,12 +16,84 @@ use simd_json::{Buffers, INPUT_PADDING, Node, StaticNode, Tape};
 pub const MAX_JSON_DEPTH: usize = 32;
 
 /// What the gateway takes from a valid JSON object.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct JsonFields {
     /// The top-level `event` string, if present and a string.
     pub event: Option<String>,
     /// The top-level `callid` string (or integer, as its decimal text), if present.
     pub callid: Option<String>,
+    /// The top-level fields the call index reads.
+    pub call: CallFields,
+}
+
+/// A top-level scalar as the call index reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scalar {
+    /// A string, unescaped.
+    Text(String),
+    /// An integer.
+    Int(i128),
+    /// A number with a fraction or an exponent.
+    Float(f64),
+    /// `true`, `false`, `null`, an object or an array.
+    Other,
+}
+
+/// The call index's fields of a JSON event, as found (a later duplicate key wins).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallFields {
+    /// `calldate`.
+    pub calldate: Option<Scalar>,
+    /// `direction`.
+    pub direction: Option<Scalar>,
+    /// `disposition`.
+    pub disposition: Option<Scalar>,
+    /// `src`.
+    pub src: Option<Scalar>,
+    /// `dst`.
+    pub dst: Option<Scalar>,
+    /// `duration`.
+    pub duration: Option<Scalar>,
+    /// `billsec`.
+    pub billsec: Option<Scalar>,
+}
+
+impl CallFields {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<Scalar>> {
+        Some(match key {
+            "calldate" => &mut self.calldate,
+            "direction" => &mut self.direction,
+            "disposition" => &mut self.disposition,
+            "src" => &mut self.src,
+            "dst" => &mut self.dst,
+            "duration" => &mut self.duration,
+            "billsec" => &mut self.billsec,
+            _ => return None,
+        })
+    }
+}
+
+fn scalar_of_node(node: &Node<'_>) -> Scalar {
+    match node {
+        Node::String(s) => Scalar::Text((*s).to_string()),
+        Node::Static(StaticNode::I64(n)) => Scalar::Int(i128::from(*n)),
+        Node::Static(StaticNode::U64(n)) => Scalar::Int(i128::from(*n)),
+        Node::Static(StaticNode::F64(f)) => Scalar::Float(*f),
+        _ => Scalar::Other,
+    }
+}
+
+fn scalar_of_value(v: &serde_json::Value) -> Scalar {
+    match v {
+        serde_json::Value::String(s) => Scalar::Text(s.clone()),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Scalar::Int(i128::from(i)),
+            (_, Some(u), _) => Scalar::Int(i128::from(u)),
+            (_, _, Some(f)) if f.is_finite() => Scalar::Float(f),
+            _ => Scalar::Other,
+        },
+        _ => Scalar::Other,
+    }
 }
 
 /// Why a body is not a JSON event.
@@ -115,6 +189,15 @@ fn second_opinion(
     }
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::Object(map)) => Ok(JsonFields {
+            call: {
+                let mut call = CallFields::default();
+                for (k, v) in &map {
+                    if let Some(slot) = call.slot(k) {
+                        *slot = Some(scalar_of_value(v));
+                    }
+                }
+                call
+            },
             event: map
                 .get("event")
                 .and_then(|v| v.as_str())
@@ -209,7 +292,11 @@ fn fields(nodes: &[Node<'_>]) -> Result<JsonFields, Error> {
             ("callid", Node::Static(StaticNode::I64(n))) => out.callid = Some(n.to_string()),
             ("callid", Node::Static(StaticNode::U64(n))) => out.callid = Some(n.to_string()),
             ("callid", _) => out.callid = None,
-            _ => {}
+            (k, v) => {
+                if let Some(slot) = out.call.slot(k) {
+                    *slot = Some(scalar_of_node(v));
+                }
+            }
         }
         i += 1 + node_span(value);
     }

@@ -7,6 +7,7 @@
 pub mod form;
 pub mod json;
 
+use crate::call::facts::{self, Facts};
 use crate::event::{BodyFormat, MAX_KIND_BYTES};
 use crate::ingest::route::Hook;
 
@@ -23,6 +24,9 @@ pub enum Decoded {
         format: BodyFormat,
         /// Its `callid`, for the call index.
         callid: Option<String>,
+        /// What the call index keeps about it (CDR, recording, SMS); boxed, as a quarantine
+        /// verdict is a sixth of its size.
+        call: Option<Box<Facts>>,
     },
     /// Not decodable; kept verbatim in quarantine with this reason (the sender cannot fix it,
     /// and a 4xx would only make it give up, so it is answered 200).
@@ -89,13 +93,17 @@ pub fn decode_body(
     if looks_json || declared == Declared::Json {
         let error = match json.decode(body) {
             Ok(fields) => {
+                let kind = fields
+                    .event
+                    .filter(|k| usable_kind(k))
+                    .unwrap_or_else(|| hook.name().to_string());
+                let call = facts::Kind::of_event(&kind)
+                    .map(|k| Box::new(Facts::from_json(k, &fields.call, fields.callid.as_deref())));
                 return Decoded::Event {
-                    kind: fields
-                        .event
-                        .filter(|k| usable_kind(k))
-                        .unwrap_or_else(|| hook.name().to_string()),
+                    kind,
                     format: BodyFormat::Json,
                     callid: fields.callid,
+                    call,
                 };
             }
             Err(e) => e,
@@ -122,6 +130,7 @@ pub fn decode_body(
             kind: Hook::Sms.name().to_string(),
             format: BodyFormat::Form,
             callid: None,
+            call: Some(Box::new(facts::of_form(body))),
         },
         (Hook::Sms, Err(why)) => Decoded::Quarantine(format!("not a form: {why}")),
         (hook, Ok(())) => Decoded::Quarantine(format!("form body on the {} hook", hook.name())),
@@ -177,8 +186,53 @@ mod tests {
             kind: kind.into(),
             format,
             callid: callid.map(Into::into),
+            call: None,
         }
     }
+
+    /// The verdict without its call facts (checked on their own below).
+    fn without_facts(d: Decoded) -> Decoded {
+        match d {
+            Decoded::Event {
+                kind,
+                format,
+                callid,
+                ..
+            } => Decoded::Event {
+                kind,
+                format,
+                callid,
+                call: None,
+            },
+            q => q,
+        }
+    }
+
+    #[test]
+    fn call_facts_come_from_the_same_decode_as_from_a_stored_body() {
+        let cdr = r#"{"calldate":"2026-05-12T05:17:58Z","callid":"x","disposition":"ANSWERED","billsec":"7","duration":9.4,"src":441,"event":"cdr"}"#;
+        let sms = "src=1555&dst=44&message=hi&received_at=2026-05-13+12%3A45%3A40+UTC";
+        for (hook, ct, body, kind, format) in [
+            (Hook::Cdr, JSON_CT, cdr, "cdr", BodyFormat::Json),
+            (Hook::Sms, FORM_CT, sms, "sms", BodyFormat::Form),
+        ] {
+            let Decoded::Event { call: Some(f), .. } = run(hook, Some(ct), body) else {
+                panic!("{body}: no facts");
+            };
+            assert_eq!(Some(*f), Facts::of(kind, format, body.as_bytes()));
+        }
+        let Decoded::Event { call: Some(f), .. } = run(Hook::Cdr, Some(JSON_CT), cdr) else {
+            unreachable!()
+        };
+        assert_eq!((f.billsec, f.duration, f.src.as_str()), (Some(7), 9, "441"));
+        let Decoded::Event { call, .. } = run(Hook::Cdr, None, r#"{"event":"hangup"}"#) else {
+            unreachable!()
+        };
+        assert_eq!(call, None, "other kinds are not calls");
+    }
+
+    const JSON_CT: &str = "application/json";
+    const FORM_CT: &str = "application/x-www-form-urlencoded";
 
     #[test]
     fn compressed_and_utf16_bodies_are_named() {
@@ -337,7 +391,7 @@ mod tests {
             ),
         ];
         for (hook, ct, body, want) in cases {
-            let got = run(hook, ct, body);
+            let got = without_facts(run(hook, ct, body));
             match (&got, &want) {
                 // The parser's message carries a position; only its prefix is ours.
                 (Decoded::Quarantine(g), Decoded::Quarantine(w)) if w.ends_with(": x") => {
