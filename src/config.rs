@@ -515,7 +515,13 @@ fn ingest_section(f: &FileConfig) -> Result<gateway::Settings, Error> {
         idle_timeout: duration("idle_timeout", &f.idle_timeout, d.idle_timeout)?,
         write_timeout: duration("write_timeout", &f.write_timeout, d.write_timeout)?,
         commit_timeout,
-        max_json_depth: in_range("max_json_depth", f.max_json_depth, d.max_json_depth, 1, 64)?,
+        max_json_depth: in_range(
+            "max_json_depth",
+            f.max_json_depth,
+            d.max_json_depth,
+            1,
+            crate::ingest::decode::json::MAX_JSON_DEPTH_LIMIT,
+        )?,
     })
 }
 

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use super::calldate;
 use crate::event::{BodyFormat, truncate_str};
 use crate::ingest::decode::form::Form;
-use crate::ingest::decode::json::{CallFields, JsonDecoder, Scalar};
+use crate::ingest::decode::json::{CallFields, JsonDecoder, MAX_JSON_DEPTH_LIMIT, Scalar};
 
 /// Longest text field kept in the index (direction, disposition, numbers, callid, a raw
 /// calldate), in bytes. Real values are a few dozen bytes at most; longer ones are cut at a
@@ -245,7 +245,8 @@ fn kept(s: &str) -> String {
 thread_local! {
     /// The decoder of bodies read back from the store (check, migration, tools): the same
     /// code ingest runs, so an entry rebuilt from its body is the entry ingest wrote.
-    static DECODER: std::cell::RefCell<JsonDecoder> = std::cell::RefCell::new(JsonDecoder::default());
+    static DECODER: std::cell::RefCell<JsonDecoder> =
+        std::cell::RefCell::new(JsonDecoder::new(MAX_JSON_DEPTH_LIMIT));
 }
 
 fn of_json(kind: Kind, body: &[u8]) -> Option<Facts> {
@@ -376,6 +377,18 @@ mod tests {
         f.encode(&mut v);
         assert_eq!(Facts::decode(f.at_ms.unwrap(), &v).unwrap(), f);
         assert!(Facts::decode(0, &v[..v.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_body_accepted_under_a_deeper_configured_limit_is_read_back() {
+        // max_json_depth may be set up to 64; check and the migration must read such a body.
+        let deep = format!(
+            r#"{{"callid":"d","calldate":"2026-05-12T05:17:58Z","x":{}1{}}}"#,
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        let f = Facts::of("cdr", BodyFormat::Json, deep.as_bytes()).unwrap();
+        assert_eq!(f.callid, "d");
     }
 
     #[test]

@@ -15,6 +15,10 @@ use simd_json::{Buffers, INPUT_PADDING, Node, StaticNode, Tape};
 /// the limit is far below that and far above any real payload.
 pub const MAX_JSON_DEPTH: usize = 32;
 
+/// The highest `max_json_depth` the configuration accepts; bodies read back from the store
+/// (check, migration) are decoded with it, as they may have been accepted under any setting.
+pub const MAX_JSON_DEPTH_LIMIT: usize = 64;
+
 /// What the gateway takes from a valid JSON object.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JsonFields {
