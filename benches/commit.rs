@@ -2,10 +2,14 @@
 //! and 512 events per write transaction (each commit is one fsync, as in production). Each
 //! event goes through what the writer does: a dedup table lookup, the append with its digest,
 //! and the table insert; complete call blocks are written inside the commits that finish them.
+//!
+//! `call_index_chunk` is the other transaction the writer commits while ingest runs: filing a
+//! chunk of committed events in the call index and rollups, from the facts the connections
+//! read (once a chunk's worth waits, and whenever ingest is idle).
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use didgate::event::{BodyFormat, Event};
-use didgate::store::{Store, body_hash};
+use didgate::store::{KnownFacts, Store, body_hash};
 use didgate::writer::dedup::Recent;
 
 fn event(i: u64) -> Event {
@@ -19,7 +23,6 @@ fn event(i: u64) -> Event {
         callid: Some(callid),
         call: None,
     }
-    .with_call_facts()
 }
 
 fn commit(c: &mut Criterion) {
@@ -55,6 +58,40 @@ fn commit(c: &mut Criterion) {
             )
         });
     }
+    g.finish();
+
+    let chunk = didgate::writer::CALL_INDEX_CHUNK;
+    let mut g = c.benchmark_group("call_index_chunk");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(chunk as u64));
+    g.bench_function(BenchmarkId::from_parameter(chunk), |b| {
+        b.iter_batched(
+            || {
+                // A chunk of committed events (outside the timing), as the writer has them.
+                n += 1;
+                let mut txn = store.begin_write(n as i64).unwrap();
+                let mut known = std::collections::VecDeque::new();
+                for i in 0..chunk as u64 {
+                    // With the facts a connection reads, which filing uses and frees.
+                    let ev = event(n * 10_000 + i).with_call_facts();
+                    let seq = txn.append_event(&ev, body_hash(&ev.body)).unwrap();
+                    known.push_back(KnownFacts {
+                        seq,
+                        stored_at_ms: n as i64,
+                        facts: ev.call,
+                    });
+                }
+                txn.commit().unwrap();
+                (n, known)
+            },
+            |(n, mut known)| {
+                let mut txn = store.begin_write(n as i64).unwrap();
+                txn.index_calls(&mut known, usize::MAX).unwrap();
+                txn.commit().unwrap();
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.finish();
 }
 

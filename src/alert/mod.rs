@@ -258,10 +258,11 @@ fn evaluate(
     // Calls a little in the future (a sender's clock ahead of ours) count as now.
     let until = now.saturating_add(i64::try_from(FUTURE_SLACK.as_millis()).unwrap_or(0));
     let mut judge = rule::Judge::new(r, zone, now);
+    let unfiled = store.unfiled()?;
     loop {
         let mut from = (since, 0u64);
         loop {
-            let (page, next) = store.calls_page(from, until, crate::cli::SCAN_CHUNK)?;
+            let (page, next) = store.calls_page(&unfiled, from, until, crate::cli::SCAN_CHUNK)?;
             let states = if judge.needs_recordings() {
                 let seqs: Vec<u64> = page
                     .iter()

@@ -11,7 +11,7 @@ use super::{Error, Result, SCAN_CHUNK, emit};
 use crate::call::facts::{Facts, Kind};
 use crate::call::report::{self, CallRow, Recording};
 use crate::call::zone::Zone;
-use crate::store::Store;
+use crate::store::{Store, Unfiled};
 
 /// How far from a CDR's call time its recordings are looked for. didlogic sends a recording
 /// with its call's `calldate`, so they normally file under the same time; the margin covers
@@ -130,15 +130,16 @@ pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
     }
     let mut from = (since, 0u64);
     let mut shown = 0u64;
+    let unfiled = store.unfiled()?;
     loop {
-        let (page, next) = store.calls_page(from, until, SCAN_CHUNK)?;
+        let (page, next) = store.calls_page(&unfiled, from, until, SCAN_CHUNK)?;
         let cdrs: Vec<(i64, u64, Facts)> = page
             .into_iter()
             .filter(|e| keep(&e.facts))
             .map(|e| (e.at_ms, e.seq, e.facts))
             .collect();
         if let (Some(first), Some(last)) = (cdrs.first(), cdrs.last()) {
-            let recordings = recordings_near(store, first.0, last.0)?;
+            let recordings = recordings_near(store, &unfiled, first.0, last.0)?;
             for row in report::join(cdrs, &recordings) {
                 shown += 1;
                 match args.format {
@@ -162,13 +163,18 @@ pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
 }
 
 /// The recordings filed within the join margin of `[first_ms, last_ms]`, with their states.
-fn recordings_near(store: &Store, first_ms: i64, last_ms: i64) -> Result<Vec<(String, Recording)>> {
+fn recordings_near(
+    store: &Store,
+    unfiled: &Unfiled,
+    first_ms: i64,
+    last_ms: i64,
+) -> Result<Vec<(String, Recording)>> {
     let mut seqs = Vec::new();
     let mut callids = Vec::new();
     let mut from = (first_ms.saturating_sub(RECORDING_JOIN_MARGIN_MS), 0u64);
     let until = last_ms.saturating_add(RECORDING_JOIN_MARGIN_MS + 1);
     loop {
-        let (page, next) = store.calls_page(from, until, SCAN_CHUNK)?;
+        let (page, next) = store.calls_page(unfiled, from, until, SCAN_CHUNK)?;
         for e in page {
             if e.facts.kind == Kind::Recording && !e.facts.callid.is_empty() {
                 seqs.push(e.seq);

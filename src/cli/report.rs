@@ -15,7 +15,7 @@ use crate::call::facts::{Facts, Kind};
 use crate::call::report::{By, Grouping, Rows};
 use crate::call::tally::{BUCKET_MS, Tally, bucket_of};
 use crate::call::zone::Zone;
-use crate::store::Store;
+use crate::store::{Store, Unfiled};
 
 /// Digits of `dst` that `--by dst-prefix` keeps by default.
 pub const DEFAULT_PREFIX_LEN: usize = 3;
@@ -48,6 +48,9 @@ pub struct Args {
 /// Store errors.
 pub fn rows(store: &Store, g: &Grouping, since: i64, until: i64) -> Result<Rows> {
     let mut rows = Rows::default();
+    let unfiled = store.unfiled()?;
+    let scan =
+        |from, until, join, rows: &mut Rows| scan(store, &unfiled, g, from, until, join, rows);
     if g.rollups_suffice() {
         // Whole quarter hours from the rollups, the partial ones at either end from the index.
         let first = bucket_of(since.saturating_add(BUCKET_MS - 1));
@@ -56,20 +59,13 @@ pub fn rows(store: &Store, g: &Grouping, since: i64, until: i64) -> Result<Rows>
             for (bucket, t) in store.rollups(first, last)? {
                 rows.add_rollup(g, bucket, &t);
             }
-            scan(store, g, since, first * BUCKET_MS, false, &mut rows)?;
-            scan(
-                store,
-                g,
-                last.saturating_mul(BUCKET_MS),
-                until,
-                false,
-                &mut rows,
-            )?;
+            scan(since, first * BUCKET_MS, false, &mut rows)?;
+            scan(last.saturating_mul(BUCKET_MS), until, false, &mut rows)?;
         } else {
-            scan(store, g, since, until, false, &mut rows)?;
+            scan(since, until, false, &mut rows)?;
         }
     } else {
-        scan(store, g, since, until, true, &mut rows)?;
+        scan(since, until, true, &mut rows)?;
     }
     Ok(rows)
 }
@@ -77,6 +73,7 @@ pub fn rows(store: &Store, g: &Grouping, since: i64, until: i64) -> Result<Rows>
 /// Adds the index entries of `[from, until)`; `join`: count recordings in their call's group.
 fn scan(
     store: &Store,
+    unfiled: &Unfiled,
     g: &Grouping,
     from: i64,
     until: i64,
@@ -91,7 +88,7 @@ fn scan(
     // on the next page still finds its call.
     let mut pending: Vec<(i64, u64, Facts)> = Vec::new();
     loop {
-        let (page, next) = store.calls_page(at, until, SCAN_CHUNK)?;
+        let (page, next) = store.calls_page(unfiled, at, until, SCAN_CHUNK)?;
         for e in page {
             if join
                 && let Some(first) = pending.first()

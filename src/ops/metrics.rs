@@ -231,6 +231,8 @@ pub struct Metrics {
     pub dedup_memory_bytes: AtomicU64,
     /// How long ago the oldest event the dedup table remembers was stored.
     pub dedup_reach_seconds: AtomicU64,
+    /// Committed events not filed in the call index yet.
+    pub calls_unfiled: AtomicU64,
     /// TLS handshakes completed.
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed (bad records, no shared protocol, no certificate).
@@ -307,6 +309,7 @@ impl Default for Metrics {
             file_headroom_bytes: AtomicU64::new(0),
             last_commit_ms: AtomicU64::new(0),
             dedup_memory_bytes: AtomicU64::new(0),
+            calls_unfiled: AtomicU64::new(0),
             dedup_reach_seconds: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
@@ -564,7 +567,7 @@ impl Metrics {
         );
         self.batch_events
             .render(&mut o, "didgate_batch_events", "Events per commit.");
-        let gauges: [(&str, &str, u64); 11] = [
+        let gauges: [(&str, &str, u64); 12] = [
             (
                 "didgate_queue_depth",
                 "Events waiting for the writer.",
@@ -609,6 +612,12 @@ impl Metrics {
                 "didgate_dedup_memory_bytes",
                 "Bytes of the in-memory table that recognises retries.",
                 load(&self.dedup_memory_bytes),
+            ),
+            (
+                "didgate_calls_unfiled",
+                "Committed events not filed in the call index yet (queries decode them from \
+                 their bodies); filed whenever ingest is idle.",
+                load(&self.calls_unfiled),
             ),
             (
                 "didgate_dedup_reach_seconds",

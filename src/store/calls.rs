@@ -13,7 +13,11 @@ use std::collections::BTreeMap;
 
 use lmdb::{Transaction, WriteFlags};
 
-use super::layout::{Table, decode_at, del_if_present, get, get_seq, seq_key};
+use std::collections::VecDeque;
+
+use super::layout::{
+    INDEXED_SEQ_KEY, Table, decode_at, del_if_present, get, get_seq, indexed_seq, next_seq, seq_key,
+};
 use super::walk::PrefixWalk;
 use super::{Error, Result, Store, WriteTxn};
 use crate::archive::record::{ArchiveRecord, State};
@@ -33,6 +37,61 @@ pub struct CallEntry {
 
 /// A page of the call index and where the next one starts (a time and sequence number).
 pub type CallsPage = (Vec<CallEntry>, Option<(i64, u64)>);
+
+/// Facts the writer already has of an event it committed, to file it without decoding its
+/// body again.
+#[derive(Debug)]
+pub struct KnownFacts {
+    /// The event's sequence number.
+    pub seq: u64,
+    /// When it was stored, ms.
+    pub stored_at_ms: i64,
+    /// What its body says (`None`: nothing to file).
+    pub facts: Option<Facts>,
+}
+
+/// The events a read transaction found above the call index's watermark, decoded from their
+/// bodies and sorted as the index is, so a query sees every event it stored. The writer files
+/// them within a moment of ingest going idle, or as soon as a chunk's worth is waiting: this
+/// is a few thousand events at most.
+#[derive(Debug)]
+pub struct Unfiled {
+    /// The watermark: entries of the index at or above it are newer than this snapshot.
+    below: u64,
+    entries: Vec<(CallEntry, bool)>,
+}
+
+impl Unfiled {
+    fn read(txn: &impl Transaction, dbs: super::Dbs) -> Result<Unfiled> {
+        let below = indexed_seq(txn, dbs)?;
+        let mut entries = Vec::new();
+        for item in super::walk::Walk::forward(txn, dbs.events, below)? {
+            let (seq, v) = item?;
+            let rec = decode_at(seq, v)?;
+            let Some(facts) = Facts::of(rec.kind, rec.format, rec.body) else {
+                continue;
+            };
+            let archived = facts.kind == Kind::Recording
+                && holds_file(
+                    super::archive::record_in(txn, dbs.archive, dbs.archive_open, seq)?.as_ref(),
+                );
+            let at_ms = facts.index_ms(rec.stored_at_ms);
+            entries.push((CallEntry { at_ms, seq, facts }, archived));
+        }
+        entries.sort_unstable_by_key(|(e, _)| (e.at_ms, e.seq));
+        Ok(Unfiled { below, entries })
+    }
+
+    /// How many events the snapshot found unfiled.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether every event of the snapshot was filed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
 
 /// Rollup changes of one quarter hour, gathered during a transaction.
 #[derive(Clone, Copy, Debug, Default)]
@@ -139,23 +198,77 @@ impl WriteTxn<'_> {
         self.rollups.entry(bucket_of(at_ms)).or_default()
     }
 
-    /// Files a just appended event in the call index and its quarter hour's rollup.
+    /// Files events in the call index and their quarter hours' rollups, from the watermark
+    /// on, at most `max`, and moves the watermark past them; returns how many events are left
+    /// to file. `known` holds the facts the connections read from the bodies of events the
+    /// writer committed (sequence number, stored time, facts), oldest first: those are used
+    /// as they are, and any other event is decoded from its stored body.
+    ///
+    /// A separate transaction from the batch's: an ingest commit writes no more pages than
+    /// it did before the index existed, and a chunk fills the index's pages densely.
     ///
     /// # Errors
-    /// LMDB errors; the whole transaction must then be dropped.
-    pub(super) fn index_call(&mut self, seq: u64, facts: &Facts) -> Result<()> {
-        let at = facts.index_ms(self.stored_at_ms);
-        self.scratch.clear();
-        facts.encode(&mut self.scratch);
-        self.txn.put(
-            self.dbs.calltime.handle,
-            &call_key(at, seq),
-            &self.scratch,
-            WriteFlags::empty(),
-        )?;
-        let t = Tally::of(facts, false);
-        self.pending(at).add.add(&t);
-        Ok(())
+    /// LMDB errors, or a damaged event; the whole transaction must then be dropped.
+    pub fn index_calls(&mut self, known: &mut VecDeque<KnownFacts>, max: usize) -> Result<u64> {
+        let dbs = self.dbs;
+        let mut filed = Vec::new();
+        let mut next = self.indexed;
+        let mut walked = 0usize;
+        for item in super::walk::Walk::forward(&self.txn, dbs.events, self.indexed)? {
+            let (seq, v) = item?;
+            if walked == max {
+                break;
+            }
+            walked += 1;
+            next = seq + 1;
+            while known.front().is_some_and(|k| k.seq < seq) {
+                known.pop_front();
+            }
+            let (stored_at, facts) = match known.front() {
+                Some(k) if k.seq == seq => match known.pop_front() {
+                    Some(k) => (k.stored_at_ms, k.facts),
+                    None => continue,
+                },
+                _ => {
+                    let rec = decode_at(seq, v)?;
+                    (rec.stored_at_ms, Facts::of(rec.kind, rec.format, rec.body))
+                }
+            };
+            if let Some(f) = facts {
+                filed.push((seq, f.index_ms(stored_at), f));
+            }
+        }
+        if walked < max {
+            // The walk reached the newest event.
+            next = self.next_event;
+        }
+        for (seq, at, facts) in &filed {
+            let archived = facts.kind == Kind::Recording
+                && holds_file(
+                    super::archive::record_in(&self.txn, dbs.archive, dbs.archive_open, *seq)?
+                        .as_ref(),
+                );
+            self.scratch.clear();
+            facts.encode(&mut self.scratch);
+            self.txn.put(
+                dbs.calltime.handle,
+                &call_key(*at, *seq),
+                &self.scratch,
+                WriteFlags::empty(),
+            )?;
+            let t = Tally::of(facts, archived);
+            self.pending(*at).add.add(&t);
+        }
+        if next != self.indexed {
+            self.indexed = next;
+            self.txn.put(
+                dbs.meta.handle,
+                &INDEXED_SEQ_KEY,
+                &next.to_be_bytes(),
+                WriteFlags::empty(),
+            )?;
+        }
+        Ok(self.next_event.saturating_sub(next))
     }
 
     /// Takes an event that retention deletes out of the index and its rollup (`archived`:
@@ -170,6 +283,9 @@ impl WriteTxn<'_> {
         facts: &Facts,
         archived: bool,
     ) -> Result<()> {
+        if seq >= self.indexed {
+            return Ok(());
+        }
         let at = facts.index_ms(stored_at_ms);
         del_if_present(&mut self.txn, self.dbs.calltime, &call_key(at, seq))?;
         let t = Tally::of(facts, archived);
@@ -187,7 +303,8 @@ impl WriteTxn<'_> {
     /// # Errors
     /// LMDB errors, or a damaged event.
     pub(super) fn archive_changed(&mut self, seq: u64, was: bool, is: bool) -> Result<()> {
-        if was == is {
+        if was == is || seq >= self.indexed {
+            // Not filed yet: filing reads the archive state then.
             return Ok(());
         }
         let Some(v) = get_seq(&self.txn, self.dbs.events, seq)? else {
@@ -247,40 +364,100 @@ impl WriteTxn<'_> {
 }
 
 impl Store {
-    /// Up to `max` index entries from `from` (a time and sequence number, included) to
-    /// `until_ms` (excluded), in call-time order, and where the next page starts. One short
-    /// read transaction.
+    /// How many events wait to be filed in the call index (above its watermark).
+    ///
+    /// # Errors
+    /// LMDB errors, or damaged `meta` values.
+    pub fn call_index_lag(&self) -> Result<u64> {
+        let txn = self.read_txn()?;
+        Ok(next_seq(&txn, self.dbs)?.saturating_sub(indexed_seq(&txn, self.dbs)?.max(1)))
+    }
+
+    /// The events not filed in the call index yet, to pass to [`Store::calls_page`]: one
+    /// read transaction, taken once per query.
+    ///
+    /// # Errors
+    /// LMDB errors, or a damaged event.
+    pub fn unfiled(&self) -> Result<Unfiled> {
+        let txn = self.read_txn()?;
+        Unfiled::read(&txn, self.dbs)
+    }
+
+    /// Up to `max` calls, recordings and SMS from `from` (a time and sequence number,
+    /// included) to `until_ms` (excluded), in call-time order, and where the next page
+    /// starts: the index's entries merged with `unfiled`'s, as of the snapshot `unfiled` was
+    /// read in. One short read transaction.
     ///
     /// # Errors
     /// LMDB errors, or a damaged entry.
-    pub fn calls_page(&self, from: (i64, u64), until_ms: i64, max: usize) -> Result<CallsPage> {
+    pub fn calls_page(
+        &self,
+        unfiled: &Unfiled,
+        from: (i64, u64),
+        until_ms: i64,
+        max: usize,
+    ) -> Result<CallsPage> {
         let txn = self.read_txn()?;
-        let mut out = Vec::new();
-        let mut next = None;
+        let mut filed = Vec::new();
         walk_calls(
             &txn,
             self.dbs.calltime,
             &call_key(from.0, from.1),
             until_ms,
             |e| {
-                if out.len() == max {
-                    next = Some((e.at_ms, e.seq));
-                    return Ok(false);
+                if e.seq >= unfiled.below {
+                    // Filed since the snapshot: `unfiled` has it, or it is newer.
+                    return Ok(true);
                 }
-                out.push(e);
-                Ok(true)
+                filed.push(e);
+                Ok(filed.len() <= max)
             },
         )?;
+        let start = unfiled
+            .entries
+            .partition_point(|(e, _)| (e.at_ms, e.seq) < from);
+        let mut rest = unfiled.entries[start..]
+            .iter()
+            .map(|(e, _)| e)
+            .take_while(|e| e.at_ms < until_ms)
+            .peekable();
+        if rest.peek().is_none() {
+            let next = (filed.len() > max).then(|| (filed[max].at_ms, filed[max].seq));
+            filed.truncate(max);
+            return Ok((filed, next));
+        }
+        let mut out = Vec::with_capacity(filed.len().min(max + 1));
+        let mut filed = filed.into_iter().peekable();
+        while out.len() <= max {
+            let take_filed = match (filed.peek(), rest.peek()) {
+                (Some(f), Some(u)) => (f.at_ms, f.seq) < (u.at_ms, u.seq),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            match if take_filed {
+                filed.next()
+            } else {
+                rest.next().cloned()
+            } {
+                Some(e) => out.push(e),
+                None => break,
+            }
+        }
+        let next = (out.len() > max).then(|| (out[max].at_ms, out[max].seq));
+        out.truncate(max);
         Ok((out, next))
     }
 
-    /// The rollups of the quarter hours from `from_bucket` to `until_bucket` (excluded). One
-    /// read transaction: a year is 35,040 small values.
+    /// The rollups of the quarter hours from `from_bucket` to `until_bucket` (excluded), with
+    /// the events not filed yet added in. One read transaction: a year is 35,040 small
+    /// values.
     ///
     /// # Errors
-    /// LMDB errors, or a damaged rollup.
+    /// LMDB errors, or a damaged rollup or event.
     pub fn rollups(&self, from_bucket: i64, until_bucket: i64) -> Result<Vec<(i64, Tally)>> {
         let txn = self.read_txn()?;
+        let unfiled = Unfiled::read(&txn, self.dbs)?;
         let mut out = Vec::new();
         let end = time_key(until_bucket);
         for item in PrefixWalk::new(&txn, self.dbs.rollups, &[], &time_key(from_bucket))? {
@@ -294,7 +471,20 @@ impl Store {
             })?;
             out.push((key_time(kb), decode_tally(self.dbs.rollups, v)?));
         }
-        Ok(out)
+        if unfiled.is_empty() {
+            return Ok(out);
+        }
+        let mut merged: BTreeMap<i64, Tally> = out.into_iter().collect();
+        for (e, archived) in &unfiled.entries {
+            let bucket = bucket_of(e.at_ms);
+            if (from_bucket..until_bucket).contains(&bucket) {
+                merged
+                    .entry(bucket)
+                    .or_default()
+                    .add(&Tally::of(&e.facts, *archived));
+            }
+        }
+        Ok(merged.into_iter().collect())
     }
 
     /// Whether each recording `seq` holds its archived file, and its state's name (`None`:
@@ -325,8 +515,19 @@ pub(super) fn verify(
     let mut expected_tallies: BTreeMap<i64, Tally> = BTreeMap::new();
     let mut indexed = 0u64;
     let mut scratch = Vec::new();
+    let watermark = indexed_seq(txn, dbs)?;
+    let next = next_seq(txn, dbs)?;
+    if watermark > next {
+        problems.push(format!(
+            "meta: the call index's watermark {watermark} is past the next event {next}"
+        ));
+    }
     for item in super::walk::Walk::forward(txn, dbs.events, 0)? {
         let (seq, v) = item?;
+        if seq >= watermark {
+            // Not filed yet: readers decode it from its body.
+            break;
+        }
         let rec = decode_at(seq, v)?;
         let Some(facts) = Facts::of(rec.kind, rec.format, rec.body) else {
             continue;
@@ -356,7 +557,11 @@ pub(super) fn verify(
         let (k, _) = item?;
         let (_, seq) = split_call_key(dbs.calltime, k)?;
         entries += 1;
-        if get_seq(txn, dbs.events, seq)?.is_none() {
+        if seq >= watermark {
+            problems.push(format!(
+                "calltime: an entry for event {seq}, above the watermark {watermark}"
+            ));
+        } else if get_seq(txn, dbs.events, seq)?.is_none() {
             problems.push(format!(
                 "calltime: an entry for event {seq}, which is not stored"
             ));
@@ -453,6 +658,13 @@ pub(super) fn build(env: &lmdb::Environment, dbs: super::Dbs, chunk: usize) -> R
     }
     let mut txn = env.begin_rw_txn()?;
     txn.clear_db(dbs.rollups.handle)?;
+    let next = next_seq(&txn, dbs)?;
+    txn.put(
+        dbs.meta.handle,
+        &INDEXED_SEQ_KEY,
+        &next.to_be_bytes(),
+        WriteFlags::empty(),
+    )?;
     for (bucket, t) in &tallies {
         txn.put(
             dbs.rollups.handle,

@@ -36,7 +36,7 @@ use super::{Error, Result};
 use crate::event::{self, Record};
 
 /// Version of the key layout and record format; stored in `meta` and checked on open.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Events per `callblocks` record: a call lookup reads one record per block, plus the digests
 /// of at most this many newer events.
@@ -56,6 +56,19 @@ pub(super) const NEXT_SEQ_KEY: &[u8] = b"next_seq";
 /// `meta` key of the next quarantine number, kept for the same reason: `quarantine show N`
 /// must never show another body after `prune` deleted the newest entries.
 pub(super) const NEXT_QSEQ_KEY: &[u8] = b"next_qseq";
+
+/// `meta` key of the call index's watermark: every event numbered below it is in `calltime`
+/// and `rollups`, none at or above it. The writer files events in chunks after their commit
+/// (`WriteTxn::index_calls`); readers add the events above it from their bodies.
+pub(super) const INDEXED_SEQ_KEY: &[u8] = b"indexed_seq";
+
+/// The call index's watermark (0, every event still to file, when it was never written).
+pub(super) fn indexed_seq(txn: &impl Transaction, dbs: Dbs) -> Result<u64> {
+    match get(txn, dbs.meta, INDEXED_SEQ_KEY)? {
+        Some(v) => u64_value(dbs.meta, INDEXED_SEQ_KEY, v),
+        None => Ok(0),
+    }
+}
 
 /// The number the next quarantined body gets: one past the highest ever given, or one past
 /// the highest stored.

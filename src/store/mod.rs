@@ -32,9 +32,9 @@ mod write;
 use std::path::{Path, PathBuf};
 use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
-use lmdb::{DatabaseFlags, Environment, EnvironmentFlags, Transaction};
+use lmdb::{DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags};
 
-pub use calls::{CallEntry, CallsPage};
+pub use calls::{CallEntry, CallsPage, KnownFacts, Unfiled};
 pub use check::CheckReport;
 pub use fault::contain_faults;
 pub use layout::{CALL_BLOCK, SCHEMA_VERSION, body_hash, callid_hash};
@@ -271,6 +271,19 @@ impl Store {
                 txn.commit()?;
             }
             Some(SCHEMA_VERSION) => txn.commit()?,
+            Some(5) => {
+                // Schema 6 files events in the call index after their commit, up to a
+                // watermark; schema 5 filed every event in its own commit.
+                let next = layout::next_seq(&txn, dbs)?;
+                txn.put(
+                    dbs.meta.handle,
+                    &layout::INDEXED_SEQ_KEY,
+                    &next.to_be_bytes(),
+                    WriteFlags::empty(),
+                )?;
+                layout::put_schema_version(&mut txn, dbs)?;
+                txn.commit()?;
+            }
             Some(old @ 1..=4) => {
                 // Schema 3 added the archive's databases, 4 the delivery databases, 5 the
                 // call index and rollups: all created above, the index built below.
@@ -359,7 +372,7 @@ impl Store {
                 get(&txn, meta, SCHEMA_KEY)?.ok_or_else(|| Error::Missing(dir.to_path_buf()))?;
             match schema_of(meta, found)? {
                 SCHEMA_VERSION => {}
-                found @ (1..=4) => return Err(Error::NeedsMigration { found }),
+                found @ (1..=5) => return Err(Error::NeedsMigration { found }),
                 found => return Err(Error::Schema { found }),
             }
         }

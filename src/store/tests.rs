@@ -24,6 +24,17 @@ fn add(w: &mut WriteTxn<'_>, ev: &Event) -> u64 {
     w.append_event(ev, body_hash(&ev.body)).unwrap()
 }
 
+/// Files every committed event in the call index, decoding the bodies (as after a restart).
+fn file_calls(store: &Store) {
+    let mut w = store.begin_write(0).unwrap();
+    assert_eq!(
+        w.index_calls(&mut std::collections::VecDeque::new(), usize::MAX)
+            .unwrap(),
+        0
+    );
+    w.commit().unwrap();
+}
+
 /// Resident kilobytes of this process's mappings of `dir`'s data file.
 fn mapped_kib(dir: &Path) -> u64 {
     let suffix = map_line_suffix(dir).unwrap();
@@ -568,6 +579,11 @@ fn rollups_follow_archive_states_and_deletions_and_equal_a_recount() {
     w.commit().unwrap();
     let bucket = 1_778_563_078_000i64.div_euclid(BUCKET_MS);
     let tally = |s: &Store| s.rollups(bucket, bucket + 1).unwrap()[0].1;
+    // Not filed yet: read from the bodies.
+    assert_eq!(store.call_index_lag().unwrap(), 3);
+    assert_eq!((tally(&store).calls, tally(&store).longest), (2, 300));
+    file_calls(&store);
+    assert_eq!(store.call_index_lag().unwrap(), 0);
     assert_eq!((tally(&store).calls, tally(&store).longest), (2, 300));
 
     let mut w = store.begin_write(2_000).unwrap();
@@ -647,6 +663,133 @@ fn a_schema_4_store_gets_its_call_index_built_on_open() {
     let report = store.check().unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.calls_indexed, 50);
-    let (page, _) = store.calls_page((0, 0), i64::MAX, 100).unwrap();
+    let unfiled = store.unfiled().unwrap();
+    assert!(unfiled.is_empty());
+    let (page, _) = store.calls_page(&unfiled, (0, 0), i64::MAX, 100).unwrap();
     assert_eq!(page.len(), 50);
+}
+
+#[test]
+fn a_schema_5_store_is_wholly_filed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_writer(dir.path(), MAP).unwrap();
+        let mut w = store.begin_write(1_000).unwrap();
+        for i in 0..5 {
+            let body = format!(r#"{{"calldate":"2026-05-12T05:17:58Z","callid":"f{i}"}}"#);
+            add(&mut w, &event("cdr", &body, None));
+        }
+        w.commit().unwrap();
+        file_calls(&store);
+        // As a schema-5 didgate left it: every event filed in its own commit, no watermark.
+        let mut txn = store.env.begin_rw_txn().unwrap();
+        txn.del(store.dbs.meta.handle, &layout::INDEXED_SEQ_KEY, None)
+            .unwrap();
+        txn.put(
+            store.dbs.meta.handle,
+            &SCHEMA_KEY,
+            &5u32.to_be_bytes(),
+            WriteFlags::empty(),
+        )
+        .unwrap();
+        txn.commit().unwrap();
+    }
+    assert!(matches!(
+        Store::open_reader(dir.path()),
+        Err(Error::NeedsMigration { found: 5 })
+    ));
+    let store = Store::open_writer(dir.path(), MAP).unwrap();
+    assert_eq!(store.call_index_lag().unwrap(), 0);
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.calls_indexed, 5);
+}
+
+/// Every page of `[from, until)` in `max`-entry pages: (time, seq) of each entry.
+fn all_calls(store: &Store, max: usize) -> Vec<(i64, u64)> {
+    let unfiled = store.unfiled().unwrap();
+    let mut out = Vec::new();
+    let mut from = (i64::MIN, 0);
+    loop {
+        let (page, next) = store.calls_page(&unfiled, from, i64::MAX, max).unwrap();
+        assert!(page.len() <= max);
+        out.extend(page.iter().map(|e| (e.at_ms, e.seq)));
+        match next {
+            Some(n) => from = n,
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn queries_merge_filed_and_unfiled_events_in_call_time_order() {
+    use crate::call::facts::Facts;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_writer(dir.path(), MAP).unwrap();
+    // Call times out of arrival order, over two batches, the first one filed.
+    let minutes = [30, 10, 50, 20, 40, 0, 60, 35];
+    let cdr = |i: usize| {
+        event(
+            "cdr",
+            &format!(
+                r#"{{"calldate":"2026-05-12T05:{:02}:00Z","callid":"o{i}","disposition":"ANSWERED","billsec":{i}}}"#,
+                minutes[i] % 60
+            ),
+            None,
+        )
+        .with_call_facts()
+    };
+    let mut known = std::collections::VecDeque::new();
+    let mut w = store.begin_write(1_000).unwrap();
+    for i in 0..4 {
+        let ev = cdr(i);
+        let seq = add(&mut w, &ev);
+        known.push_back(KnownFacts {
+            seq,
+            stored_at_ms: 1_000,
+            facts: ev.call.clone(),
+        });
+    }
+    w.commit().unwrap();
+    // Filed from the connections' facts, in a chunk of two then the rest.
+    let mut w = store.begin_write(1_500).unwrap();
+    assert_eq!(w.index_calls(&mut known, 2).unwrap(), 2);
+    w.commit().unwrap();
+    let mut w = store.begin_write(1_600).unwrap();
+    assert_eq!(w.index_calls(&mut known, 10).unwrap(), 0);
+    w.commit().unwrap();
+    assert!(known.is_empty());
+    let mut w = store.begin_write(2_000).unwrap();
+    for i in 4..8 {
+        add(&mut w, &cdr(i));
+    }
+    w.commit().unwrap();
+    assert_eq!(store.unfiled().unwrap().len(), 4);
+    let mut want: Vec<(i64, u64)> = (0..8)
+        .map(|i| {
+            let f: Facts = cdr(i).call.unwrap();
+            (f.index_ms(0), i as u64 + 1)
+        })
+        .collect();
+    want.sort_unstable();
+    for max in [1, 2, 3, 100] {
+        assert_eq!(all_calls(&store, max), want, "pages of {max}");
+    }
+    let bucket = want[0].0.div_euclid(crate::call::tally::BUCKET_MS);
+    let calls: u64 = store
+        .rollups(bucket, bucket + 8)
+        .unwrap()
+        .iter()
+        .map(|(_, t)| t.calls)
+        .sum();
+    assert_eq!(calls, 8);
+    // The watermark covers the first batch only, and `check` agrees with it.
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.calls_indexed, 4);
+    file_calls(&store);
+    assert_eq!(all_calls(&store, 3), want);
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.calls_indexed, 8);
 }

@@ -10,7 +10,8 @@ use lmdb::{Transaction, WriteFlags};
 
 use super::layout::{
     CALL_BLOCK, CounterKey, Digest, NEXT_QSEQ_KEY, NEXT_SEQ_KEY, callid_hash, decode_at,
-    del_if_present, get, get_seq, next_qseq, next_seq, seq_key, u64_value, write_call_block,
+    del_if_present, get, get_seq, indexed_seq, next_qseq, next_seq, seq_key, u64_value,
+    write_call_block,
 };
 use super::read::{Quarantined, StoredEvent};
 use super::walk::{Page, Walk};
@@ -35,9 +36,11 @@ pub struct WriteTxn<'s> {
     first_event: u64,
     /// The next quarantine number when the transaction began.
     first_quarantine: u64,
-    next_event: u64,
+    pub(super) next_event: u64,
     next_quarantine: u64,
     pub(super) stored_at_ms: i64,
+    /// The call index's watermark: events below it are filed in `calltime` and `rollups`.
+    pub(super) indexed: u64,
     day: String,
     /// Counter changes, applied once per key at commit.
     counts: BTreeMap<Vec<u8>, i64>,
@@ -69,6 +72,7 @@ impl Store {
         // Read inside the transaction, so a writer in another process is never out of date.
         let next_event = next_seq(&txn, self.dbs)?;
         let next_quarantine = next_qseq(&txn, self.dbs)?;
+        let indexed = indexed_seq(&txn, self.dbs)?;
         Ok(WriteTxn {
             txn,
             dbs: self.dbs,
@@ -77,6 +81,7 @@ impl Store {
             next_event,
             next_quarantine,
             stored_at_ms,
+            indexed,
             day: timestamp::day_of_ms(stored_at_ms),
             counts: BTreeMap::new(),
             touched_blocks: BTreeSet::new(),
@@ -134,9 +139,6 @@ impl WriteTxn<'_> {
             &&bytes[..len],
             WriteFlags::APPEND,
         )?;
-        if let Some(facts) = &ev.call {
-            self.index_call(seq, facts)?;
-        }
         match self.appended.iter_mut().find(|(kind, _)| *kind == ev.kind) {
             Some((_, n)) => *n += 1,
             None => self.appended.push((ev.kind.clone(), 1)),

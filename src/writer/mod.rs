@@ -13,6 +13,7 @@
 //! one fsync into many acknowledged events.
 
 mod archive_feed;
+mod call_index;
 pub mod dedup;
 mod forward_feed;
 mod housekeeping;
@@ -29,12 +30,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use archive_feed::Feed;
+use call_index::CallIndexer;
 use dedup::Recent;
 use forward_feed::Feed as ForwardFeed;
 use housekeeping::Housekeeping;
 use retention::Policy;
 use wakeup::{Unsynced, Wakeup};
 
+pub use call_index::CALL_INDEX_CHUNK;
 pub use housekeeping::HEADROOM_STEP;
 pub use queue::{Job, Queue, SubmitError};
 pub use reply::{Outcome, Reply};
@@ -322,6 +325,8 @@ struct Batcher {
     archive: Option<Feed>,
     /// Forwarding, when on.
     forward: Option<ForwardFeed>,
+    /// Committed events waiting to be filed in the call index.
+    calls: CallIndexer,
 }
 
 impl Batcher {
@@ -332,7 +337,12 @@ impl Batcher {
             house.protect(link.destinations.clone());
         }
         let recent = load_recent(&store, &ctx);
+        let calls = CallIndexer::new(&store);
+        ctx.metrics
+            .calls_unfiled
+            .store(calls.waiting(), Ordering::Relaxed);
         Batcher {
+            calls,
             batch: Vec::with_capacity(ctx.settings.batch_max),
             house,
             recent,
@@ -379,6 +389,13 @@ impl Batcher {
                 }
                 return Err(fatal);
             }
+            if self.calls.is_due() {
+                self.file_calls();
+            }
+            self.ctx
+                .metrics
+                .calls_unfiled
+                .store(self.calls.waiting(), Ordering::Relaxed);
             self.house.run(&self.store, &self.ctx, rx.is_empty());
             self.house
                 .dedup_reach(&self.store, &self.ctx, &self.recent, self.last_ms);
@@ -406,6 +423,15 @@ impl Batcher {
         }
         if !self.ctx.health.is_disk_low() {
             self.commit_background();
+            while self.calls.has_work() && rx.is_empty() {
+                if !self.file_calls() {
+                    break;
+                }
+            }
+            self.ctx
+                .metrics
+                .calls_unfiled
+                .store(self.calls.waiting(), Ordering::Relaxed);
         }
         self.house.run(&self.store, &self.ctx, rx.is_empty());
         if self
@@ -414,6 +440,33 @@ impl Batcher {
         {
             // The fill's fdatasync also flushed the last commit's meta page.
             self.unsynced.wake(&self.wakeup);
+        }
+    }
+
+    /// Files a chunk of committed events in the call index; false when that failed (logged,
+    /// and tried again later: readers decode what is not filed).
+    fn file_calls(&mut self) -> bool {
+        if self.ctx.health.is_disk_low() {
+            return false;
+        }
+        let now = timestamp::now_ms().max(self.last_ms);
+        self.last_ms = now;
+        let result = self.calls.step(&self.store, now);
+        self.house.mapped = true;
+        match result {
+            Ok(()) => {
+                self.house.dirty = true;
+                // This commit's fdatasync also flushed the previous commit's meta page.
+                self.unsynced.wake(&self.wakeup);
+                true
+            }
+            Err(e) => {
+                crate::ops::log::warn_limited(
+                    "call-index",
+                    format_args!("cannot file events in the call index: {e}"),
+                );
+                false
+            }
         }
     }
 
@@ -552,8 +605,9 @@ impl Batcher {
                 feed.published(last);
             }
         }
-        for (job, outcome) in self.batch.drain(..).zip(outcomes) {
-            if let Outcome::Stored(_) = outcome {
+        for (mut job, outcome) in self.batch.drain(..).zip(outcomes) {
+            if let Outcome::Stored(seq) = outcome {
+                self.calls.committed(seq, now, job.event.call.take());
                 self.ctx.metrics.stored(&job.event.kind);
                 if job.event.kind == crate::event::Hook::Recording.name()
                     && let Some(feed) = &mut self.archive
