@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use super::facts::{Facts, Kind};
+
 use super::tally::{BUCKET_MS, Tally};
 use super::zone::Zone;
 use crate::archive::record::State;
@@ -282,10 +283,10 @@ impl Rows {
         }
         let mut local: HashMap<&[Cow<'_, str>], Tally> = HashMap::new();
         for (i, (_, f, archived)) in entries.iter().enumerate() {
-            let k = match call_key.get(f.callid.as_str()) {
-                Some(&c) if f.kind == Kind::Recording && !f.callid.is_empty() => c,
-                _ => i,
-            };
+            let joined = (f.kind == Kind::Recording && !f.callid.is_empty())
+                .then(|| call_key.get(f.callid.as_str()))
+                .flatten();
+            let k = joined.copied().unwrap_or(i);
             local
                 .entry(keys[k].as_slice())
                 .or_default()

@@ -85,62 +85,63 @@ fn scan(
     }
     let mut at = (from, 0u64);
     // With `join`, entries are grouped a whole quarter hour at a time, so a recording filed
-    // on the next page still finds its call.
-    let mut pending: Vec<(i64, u64, Facts)> = Vec::new();
+    // on the next page still finds its call; without, a page at a time.
+    let mut pending = Pending::default();
     loop {
         let (page, next) = store.calls_page(unfiled, at, until, SCAN_CHUNK)?;
         for e in page {
             if join
-                && let Some(first) = pending.first()
+                && let Some(first) = pending.entries.first()
                 && bucket_of(first.0) != bucket_of(e.at_ms)
             {
-                flush(store, g, &mut pending, rows)?;
+                pending.flush(store, g, rows)?;
             }
-            pending.push((e.at_ms, e.seq, e.facts));
-            if !join {
-                flush(store, g, &mut pending, rows)?;
+            if e.facts.kind == Kind::Recording {
+                pending.recordings.push((pending.entries.len(), e.seq));
             }
+            pending.entries.push((e.at_ms, e.facts, false));
+        }
+        if !join {
+            pending.flush(store, g, rows)?;
         }
         match next {
             Some(n) => at = n,
             None => break,
         }
     }
-    flush(store, g, &mut pending, rows)
+    pending.flush(store, g, rows)
 }
 
-fn flush(
-    store: &Store,
-    g: &Grouping,
-    pending: &mut Vec<(i64, u64, Facts)>,
-    rows: &mut Rows,
-) -> Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let recs: Vec<u64> = pending
-        .iter()
-        .filter(|(_, _, f)| f.kind == Kind::Recording)
-        .map(|(_, s, _)| *s)
-        .collect();
-    let states = store.archive_states(&recs)?;
-    let mut states = states.into_iter();
-    let entries: Vec<(i64, Facts, bool)> = pending
-        .drain(..)
-        .map(|(at, _, f)| {
-            let archived = f.kind == Kind::Recording
-                && matches!(
-                    states.next().flatten(),
+/// Index entries read and not added to the rows yet: (call time, facts, archived), and which
+/// of them are recordings (position, sequence number), whose archive states are read at once.
+#[derive(Default)]
+struct Pending {
+    entries: Vec<(i64, Facts, bool)>,
+    recordings: Vec<(usize, u64)>,
+}
+
+impl Pending {
+    fn flush(&mut self, store: &Store, g: &Grouping, rows: &mut Rows) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<u64> = self.recordings.iter().map(|(_, s)| *s).collect();
+        for ((i, _), state) in self.recordings.iter().zip(store.archive_states(&seqs)?) {
+            if let Some(e) = self.entries.get_mut(*i) {
+                e.2 = matches!(
+                    state,
                     Some(
                         crate::archive::record::State::Fetched
                             | crate::archive::record::State::Suspicious
                     )
                 );
-            (at, f, archived)
-        })
-        .collect();
-    rows.add_entries(g, &entries);
-    Ok(())
+            }
+        }
+        rows.add_entries(g, &self.entries);
+        self.entries.clear();
+        self.recordings.clear();
+        Ok(())
+    }
 }
 
 /// Runs `report`.
