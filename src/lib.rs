@@ -17,7 +17,8 @@
 //! - [`tls`]: HTTPS on the webhook listener: certificates from files or ACME, kept current.
 //! - [`ops`]: admin listener, health, metrics, systemd notify, log, token.
 //! - [`cli`]: the reader subcommands (`tail`, `export`, `get`, `stats`, `quarantine`, ...).
-//! - [`timestamp`]: times as shown and accepted; [`backoff`]: the background jobs' retry schedule.
+//! - [`timestamp`]: times as shown and accepted; [`backoff`]: the background jobs' retry schedule;
+//!   [`durable_file`]: small files replaced whole and durably.
 
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -28,11 +29,13 @@ pub(crate) mod backoff;
 pub mod call;
 pub mod cli;
 pub mod config;
+pub(crate) mod durable_file;
 pub mod event;
 pub mod forward;
 pub mod ingest;
 pub(crate) mod lookup;
 pub mod ops;
+pub(crate) mod outbound;
 pub mod serve;
 pub mod store;
 pub(crate) mod timestamp;

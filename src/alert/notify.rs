@@ -155,20 +155,7 @@ struct Pending {
 }
 
 fn agent() -> ureq::Agent {
-    use ureq::tls::{RootCerts, TlsConfig};
-    ureq::Agent::config_builder()
-        .tls_config(
-            TlsConfig::builder()
-                .root_certs(RootCerts::PlatformVerifier)
-                .build(),
-        )
-        .proxy(ureq::Proxy::try_from_env())
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(TIMEOUT))
-        .user_agent(concat!("didgate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .new_agent()
+    crate::outbound::config(TIMEOUT).build().new_agent()
 }
 
 /// One POST: `Ok` on a 2xx, else what went wrong.

@@ -118,21 +118,12 @@ pub struct Fetcher {
 impl Fetcher {
     /// A fetcher whose downloads take at most `timeout` each and `max_bytes`.
     pub fn new(policy: Arc<Policy>, timeout: Duration, max_bytes: u64) -> Fetcher {
-        use ureq::tls::{RootCerts, TlsConfig};
         let proxy = ureq::Proxy::try_from_env();
+        // The resolver checks every address it returns, except the proxy's own.
         let proxy_host = proxy.as_ref().map(|p| p.host().to_string());
-        let config = ureq::Agent::config_builder()
-            .tls_config(
-                TlsConfig::builder()
-                    .root_certs(RootCerts::PlatformVerifier)
-                    .build(),
-            )
+        let config = crate::outbound::config(timeout)
             .proxy(proxy)
-            .http_status_as_error(false)
-            .max_redirects(0)
             .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_global(Some(timeout))
-            .user_agent(concat!("didgate/", env!("CARGO_PKG_VERSION")))
             .build();
         let resolver = CheckedResolver {
             policy: policy.clone(),

@@ -7,10 +7,9 @@ use std::io::Write;
 use std::path::Path;
 
 use super::calls::{cell, pad};
-use super::{Error, Result, emit};
+use super::{Result, emit};
 use crate::alert::rule::Rule;
 use crate::alert::state::{RuleState, Snapshot};
-use crate::call::zone::Zone;
 
 /// A state file older than this many intervals is called stale (serve is not running).
 pub const STALE_INTERVALS: i64 = 3;
@@ -49,8 +48,7 @@ pub fn run(
             .map(|s| s.timezone.clone())
             .filter(|t| !t.is_empty())
     });
-    let zone =
-        Zone::resolve(None, zone_name.as_deref()).map_err(|e| Error::Usage(e.to_string()))?;
+    let zone = super::zone(None, zone_name.as_deref())?;
     let empty = Snapshot::default();
     let snap = snapshot.as_ref().unwrap_or(&empty);
     let rows: Vec<Row<'_>> = match rules {

@@ -94,8 +94,7 @@ pub(super) fn range(
 /// # Errors
 /// [`Error::Usage`] for a bad time, zone or filter; store and output errors.
 pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
-    let zone = Zone::resolve(args.tz.as_deref(), args.config_tz.as_deref())
-        .map_err(|e| Error::Usage(e.to_string()))?;
+    let zone = super::zone(args.tz.as_deref(), args.config_tz.as_deref())?;
     if let Some(d) = args.direction.as_deref()
         && d != "in"
         && d != "out"

@@ -34,6 +34,15 @@ use crate::store::{self, Store};
 /// milliseconds), large enough that per-transaction cost is negligible.
 pub const SCAN_CHUNK: usize = 1024;
 
+/// The zone times are shown in: `--tz`, else the config's `timezone`, else the system's; a
+/// name the time-zone database does not know is a usage error.
+///
+/// # Errors
+/// [`Error::Usage`] naming the zone.
+pub fn zone(flag: Option<&str>, config: Option<&str>) -> Result<crate::call::zone::Zone> {
+    crate::call::zone::Zone::resolve(flag, config).map_err(|e| Error::Usage(e.to_string()))
+}
+
 /// Why a reader subcommand stopped early.
 #[derive(Debug)]
 pub enum Error {

@@ -14,7 +14,6 @@ use super::{Error, Result, SCAN_CHUNK, emit};
 use crate::call::facts::{Facts, Kind};
 use crate::call::report::{By, Grouping, Rows};
 use crate::call::tally::{BUCKET_MS, Tally, bucket_of};
-use crate::call::zone::Zone;
 use crate::store::{Store, Unfiled};
 
 /// Digits of `dst` that `--by dst-prefix` keeps by default.
@@ -149,8 +148,7 @@ impl Pending {
 /// # Errors
 /// [`Error::Usage`] for a bad time, zone or grouping; store and output errors.
 pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
-    let zone = Zone::resolve(args.tz.as_deref(), args.config_tz.as_deref())
-        .map_err(|e| Error::Usage(e.to_string()))?;
+    let zone = super::zone(args.tz.as_deref(), args.config_tz.as_deref())?;
     let mut by = Vec::new();
     for name in args.by.iter().flat_map(|b| b.split(',')) {
         let name = name.trim();

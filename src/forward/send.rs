@@ -174,20 +174,9 @@ impl Client {
     /// A client for `dest`: no redirects followed, every status returned, `timeout` per
     /// attempt.
     pub fn new(dest: Arc<Destination>) -> Client {
-        use ureq::tls::{RootCerts, TlsConfig};
-        let config = ureq::Agent::config_builder()
-            .tls_config(
-                TlsConfig::builder()
-                    .root_certs(RootCerts::PlatformVerifier)
-                    .build(),
-            )
-            .proxy(ureq::Proxy::try_from_env())
-            .http_status_as_error(false)
-            .max_redirects(0)
+        let config = crate::outbound::config(dest.timeout)
             .timeout_connect(Some(CONNECT_TIMEOUT.min(dest.timeout)))
-            .timeout_global(Some(dest.timeout))
             .max_idle_connections_per_host(super::MAX_IN_FLIGHT)
-            .user_agent(concat!("didgate/", env!("CARGO_PKG_VERSION")))
             .build();
         Client {
             agent: ureq::Agent::with_parts(

@@ -3,8 +3,6 @@
 //!
 //! Pure apart from [`load`] and [`write_private`], which are the file edges.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -116,27 +114,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<Loaded, String> {
 /// # Errors
 /// Any I/O failure; the temporary file is removed.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::durable_file::replace(path, bytes, 0o600)
 }
 
 /// The self-signed certificate a `tls-alpn-01` validation expects for `domain` (RFC 8737):
