@@ -54,6 +54,9 @@ pub struct Config {
     pub alerts: Vec<crate::alert::rule::Rule>,
     /// How often `serve` evaluates them.
     pub alert_interval: Duration,
+    /// The password of the web console and `/metrics` (HTTP basic auth, any user name);
+    /// required when `admin_listen` is not a loopback address.
+    pub console_password: Option<String>,
 }
 
 /// The TOML file, as written. Every key is optional; unknown keys are errors.
@@ -100,6 +103,7 @@ struct FileConfig {
     timezone: Option<String>,
     alert: Option<Vec<alert::AlertFile>>,
     alert_interval: Option<String>,
+    console_password: Option<String>,
 }
 
 /// What the command line said; each `Some` overrides the file.
@@ -282,13 +286,15 @@ impl Config {
             .clone()
             .or(f.data_dir.clone())
             .unwrap_or_else(default_data_dir);
+        let serve = serve_section(&f, flags)?;
+        let console_password = console_password(&f, &serve)?;
         Ok(Config {
             recordings: recordings::section(f.recordings.as_ref(), &data_dir)?,
             data_dir,
             token,
             previous_token,
             allow_from,
-            serve: serve_section(&f, flags)?,
+            serve,
             ingest: ingest_section(&f)?,
             writer: writer_section(&f)?,
             retention: retention_section(&f)?,
@@ -307,8 +313,41 @@ impl Config {
                 &f.alert_interval,
                 crate::alert::DEFAULT_INTERVAL,
             )?,
+            console_password,
         })
     }
+}
+
+/// `console_password`, checked: anyone who can reach a non-loopback admin listener would
+/// read every call and SMS through the console, so one is required there.
+fn console_password(f: &FileConfig, serve: &serve::Settings) -> Result<Option<String>, Error> {
+    let password = f.console_password.as_deref().filter(|p| !p.is_empty());
+    if let Some(p) = password
+        && p.len() < crate::console::MIN_PASSWORD_BYTES
+    {
+        return Err(bad(
+            "console_password",
+            format_args!(
+                "{} bytes is too short: use at least {}",
+                p.len(),
+                crate::console::MIN_PASSWORD_BYTES
+            ),
+        ));
+    }
+    if let Some(addr) = serve.admin_listen
+        && !addr.ip().is_loopback()
+        && password.is_none()
+    {
+        return Err(bad(
+            "console_password",
+            format_args!(
+                "admin_listen {addr} is not a loopback address, so the console and /metrics \
+                 need a password: set console_password (or listen on 127.0.0.1 and reach it \
+                 over an SSH tunnel, docs/console.md)"
+            ),
+        ));
+    }
+    Ok(password.map(str::to_string))
 }
 
 /// Keys a reload applies at once; every other key waits for a restart.
@@ -341,6 +380,7 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
         ("timezone", a.timezone != b.timezone),
         ("alert", a.alerts != b.alerts),
         ("alert_interval", a.alert_interval != b.alert_interval),
+        ("console_password", a.console_password != b.console_password),
         ("token", a.token != b.token),
         (
             "max_head_bytes",

@@ -29,6 +29,7 @@ pub(crate) mod backoff;
 pub mod call;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub(crate) mod durable_file;
 pub mod event;
 pub mod forward;

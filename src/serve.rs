@@ -299,6 +299,8 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         metrics.clone(),
     )
     .map_err(start_error("cannot start the alerts"))?;
+    // The console reads beside the writer too.
+    let console_store = store.clone();
     let (writer, queue) = Writer::spawn(
         store,
         cfg.writer.clone(),
@@ -339,13 +341,30 @@ pub fn run(cfg: Config, flags: Flags) -> Result<(), Error> {
         // accept and sleep, which park the coroutine, and keeps no thread-local state.
         may::go!(move || listener::accept_loop(listener, &gateway, max))
     };
-    let admin_accept = admin.map(|a| {
+    let console = match &admin {
+        None => None,
+        Some(_) => Some(
+            crate::console::renderer::Renderer::start(crate::console::Console {
+                store: console_store,
+                timezone: cfg.timezone.clone(),
+                data_dir: cfg.data_dir.clone(),
+                recordings_dir: cfg.recordings.enabled.then(|| cfg.recordings.dir.clone()),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                queue: queue.clone(),
+            })
+            .map_err(start_error("cannot start the console"))?,
+        ),
+    };
+    let admin_accept = admin.zip(console).map(|(a, console)| {
         // SAFETY: as above, for the admin socket.
         let listener = unsafe { may::net::TcpListener::from_raw_fd(a.into_raw_fd()) };
         let admin = Arc::new(Admin {
             metrics: metrics.clone(),
             health: health.clone(),
             queue,
+            guard: crate::console::guard::Guard::new(cfg.console_password.as_deref()),
+            console,
         });
         // Why spawning is sound: as above.
         may::go!(move || admin::accept_loop(listener, admin))

@@ -94,71 +94,130 @@ pub(super) fn range(
 /// # Errors
 /// [`Error::Usage`] for a bad time, zone or filter; store and output errors.
 pub fn run(store: &Store, args: &Args, out: &mut impl Write) -> Result<()> {
-    let zone = super::zone(args.tz.as_deref(), args.config_tz.as_deref())?;
-    if let Some(d) = args.direction.as_deref()
-        && d != "in"
-        && d != "out"
-    {
-        return Err(Error::Usage(format!("--direction {d:?}: use in or out")));
-    }
-    let (since, until) = range(&zone, args.since.as_deref(), args.until.as_deref(), |now| {
-        now - DEFAULT_SPAN_MS
-    })?;
-    let want_disp = args.disposition.as_deref().map(disposition_key);
-    let want_number = args.number.as_deref().map(report::digits);
-    let keep = |f: &Facts| {
-        f.kind == Kind::Cdr
-            && args
-                .direction
-                .as_deref()
-                .is_none_or(|d| report::direction_matches(&f.direction, d))
-            && want_disp
-                .as_deref()
-                .is_none_or(|d| disposition_key(&f.disposition) == d)
-            && want_number.as_deref().is_none_or(|n| {
-                report::digits(&f.src).starts_with(n) || report::digits(&f.dst).starts_with(n)
-            })
-            && args.min_billsec.is_none_or(|m| f.billed_seconds() >= m)
-    };
+    let query = Query::new(args)?;
+    let zone = &query.zone;
     let mut buf = Vec::new();
-    let table = Table::new(&zone);
+    let table = Table::new(zone);
     match args.format {
         Format::Table => table.header(&mut buf),
         Format::Csv => csv_header(&mut buf)?,
         Format::Json => {}
     }
-    let mut from = (since, 0u64);
     let mut shown = 0u64;
-    let unfiled = store.unfiled()?;
-    loop {
-        let (page, next) = store.calls_page(&unfiled, from, until, SCAN_CHUNK)?;
-        let cdrs: Vec<(i64, u64, Facts)> = page
-            .into_iter()
-            .filter(|e| keep(&e.facts))
-            .map(|e| (e.at_ms, e.seq, e.facts))
-            .collect();
-        if let (Some(first), Some(last)) = (cdrs.first(), cdrs.last()) {
-            let recordings = recordings_near(store, &unfiled, first.0, last.0)?;
-            for row in report::join(cdrs, &recordings) {
-                shown += 1;
-                match args.format {
-                    Format::Table => table.row(&row, &mut buf),
-                    Format::Json => json_row(&zone, &row, &mut buf),
-                    Format::Csv => csv_row(&zone, &row, &mut buf)?,
-                }
+    query.walk(store, (query.since, 0), |rows, _| {
+        for row in rows {
+            shown += 1;
+            match args.format {
+                Format::Table => table.row(&row, &mut buf),
+                Format::Json => json_row(zone, &row, &mut buf),
+                Format::Csv => csv_row(zone, &row, &mut buf)?,
             }
         }
         emit(out, &mut buf)?;
-        match next {
-            Some(n) => from = n,
-            None => break,
-        }
-    }
+        Ok(true)
+    })?;
     if args.format == Format::Table {
         buf.extend_from_slice(format!("{shown} calls\n").as_bytes());
         emit(out, &mut buf)?;
     }
     Ok(())
+}
+
+/// The calls an [`Args`] asks for: its zone, its range and its filters, checked.
+pub struct Query {
+    /// The zone times are shown in.
+    pub zone: Zone,
+    /// First call time included, ms.
+    pub since: i64,
+    /// First call time excluded, ms.
+    pub until: i64,
+    direction: Option<String>,
+    disposition: Option<String>,
+    number: Option<String>,
+    min_billsec: Option<u32>,
+}
+
+impl Query {
+    /// Checks the arguments: the zone, the times, the direction.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] naming what is wrong.
+    pub fn new(args: &Args) -> Result<Query> {
+        let zone = super::zone(args.tz.as_deref(), args.config_tz.as_deref())?;
+        if let Some(d) = args.direction.as_deref()
+            && d != "in"
+            && d != "out"
+        {
+            return Err(Error::Usage(format!("--direction {d:?}: use in or out")));
+        }
+        let (since, until) = range(&zone, args.since.as_deref(), args.until.as_deref(), |now| {
+            now - DEFAULT_SPAN_MS
+        })?;
+        Ok(Query {
+            zone,
+            since,
+            until,
+            direction: args.direction.clone(),
+            disposition: args.disposition.as_deref().map(disposition_key),
+            number: args.number.as_deref().map(report::digits),
+            min_billsec: args.min_billsec,
+        })
+    }
+
+    fn keeps(&self, f: &Facts) -> bool {
+        f.kind == Kind::Cdr
+            && self
+                .direction
+                .as_deref()
+                .is_none_or(|d| report::direction_matches(&f.direction, d))
+            && self
+                .disposition
+                .as_deref()
+                .is_none_or(|d| disposition_key(&f.disposition) == d)
+            && self.number.as_deref().is_none_or(|n| {
+                report::digits(&f.src).starts_with(n) || report::digits(&f.dst).starts_with(n)
+            })
+            && self.min_billsec.is_none_or(|m| f.billed_seconds() >= m)
+    }
+
+    /// Walks the matching calls from `from` (a call time and sequence number, included), in
+    /// call-time order, joined with their recordings, one index page at a time: `visit`
+    /// gets each page's rows and where the page after it starts, and returns whether to go
+    /// on.
+    ///
+    /// # Errors
+    /// Store errors, and `visit`'s.
+    pub fn walk(
+        &self,
+        store: &Store,
+        from: (i64, u64),
+        mut visit: impl FnMut(Vec<CallRow>, Option<(i64, u64)>) -> Result<bool>,
+    ) -> Result<()> {
+        let unfiled = store.unfiled()?;
+        let mut from = (from.0.max(self.since), from.1);
+        loop {
+            let (page, next) = store.calls_page(&unfiled, from, self.until, SCAN_CHUNK)?;
+            let cdrs: Vec<(i64, u64, Facts)> = page
+                .into_iter()
+                .filter(|e| self.keeps(&e.facts))
+                .map(|e| (e.at_ms, e.seq, e.facts))
+                .collect();
+            let rows = match (cdrs.first(), cdrs.last()) {
+                (Some(first), Some(last)) => {
+                    let recordings = recordings_near(store, &unfiled, first.0, last.0)?;
+                    report::join(cdrs, &recordings)
+                }
+                _ => Vec::new(),
+            };
+            if !visit(rows, next)? {
+                return Ok(());
+            }
+            match next {
+                Some(n) => from = n,
+                None => return Ok(()),
+            }
+        }
+    }
 }
 
 /// The recordings filed within the join margin of `[first_ms, last_ms]`, with their states.

@@ -98,6 +98,7 @@ fn changed_keys_name_each_key_that_differs() {
         "timezone",
         "alert",
         "alert_interval",
+        "console_password",
     ];
     let schema = format!("{:?}", FileConfig::default());
     for k in keys {

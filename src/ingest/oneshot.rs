@@ -39,13 +39,26 @@ pub fn accept_loop<S: Send + Sync + 'static>(
 /// Reads one request head within `timeout`. `None` when none came: the peer closed or was too
 /// slow (nothing is answered), or the request was malformed (a 400 is answered here).
 pub fn read_head(stream: &mut TcpStream, limits: Limits, timeout: Duration) -> Option<Head> {
+    read_request(stream, limits, timeout).map(|(head, _)| head)
+}
+
+/// As [`read_head`], with the bytes of the head, for a handler that reads header fields the
+/// framer does not keep (the console's `Authorization` and `Range`).
+pub fn read_request(
+    stream: &mut TcpStream,
+    limits: Limits,
+    timeout: Duration,
+) -> Option<(Head, Vec<u8>)> {
     let deadline = Instant::now() + timeout;
     let _ = stream.set_write_timeout(Some(timeout));
     let mut buf = Vec::with_capacity(1024);
     let mut framer = Framer::new(limits);
     loop {
         match framer.advance(&buf) {
-            Ok((_, Some(Frame::Head(h)))) => return Some(h),
+            Ok((_, Some(Frame::Head(h)))) => {
+                buf.truncate(h.len);
+                return Some((h, buf));
+            }
             Ok(_) => {}
             Err(_) => {
                 answer(stream, 400, "Bad Request", b"bad request\n", false);

@@ -1,14 +1,18 @@
 //! The admin listener (default `127.0.0.1:9180`): `/metrics` for Prometheus, `/healthz`
-//! (alive) and `/readyz` (able to take events now).
+//! (alive), `/readyz` (able to take events now), and every other path is the web console
+//! (`crate::console`).
 //!
-//! Owns those three endpoints; what "ready" means is `health.rs`'s. One short request per
-//! connection, read with the same framer as the hooks and tight limits; it never touches the
-//! store.
+//! Owns routing and answering; what "ready" means is `health.rs`'s, who may look is the
+//! console's guard (`/healthz` and `/readyz` stay open for probes). One short request per
+//! connection, read with the same framer as the hooks and tight limits.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::console::guard::{self, Verdict};
+use crate::console::renderer::Renderer;
+use crate::console::{self, Body, Response};
 use crate::ingest::http::{Limits, Method};
 use crate::ingest::oneshot;
 use crate::ops::health::Health;
@@ -26,15 +30,51 @@ const ADMIN_LIMITS: Limits = Limits {
 /// The whole admin request must arrive within this.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A recording being streamed may stall this long per write before the connection is cut
+/// (a paused player).
+const CONSOLE_STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Admin listener when none is configured: loopback only, as it is unauthenticated.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9180));
 
-/// What the admin endpoints read: the counters, the health flags, the writer's queue.
+/// What the admin endpoints read: the counters, the health flags, the writer's queue, and
+/// the console's state.
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub queue: Queue,
+    /// Who may see the console and `/metrics`.
+    pub guard: guard::Guard,
+    /// Where console pages render.
+    pub console: Renderer,
+}
+
+/// The fields of a request head the framer does not keep.
+struct Fields<'a> {
+    method: &'a str,
+    authorization: Option<&'a [u8]>,
+    range: Option<&'a str>,
+}
+
+fn fields(raw: &[u8]) -> Option<Fields<'_>> {
+    let mut headers = [httparse::EMPTY_HEADER; ADMIN_LIMITS.max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(raw).ok()?;
+    let method = req.method?;
+    let mut f = Fields {
+        method,
+        authorization: None,
+        range: None,
+    };
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("authorization") {
+            f.authorization = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("range") {
+            f.range = std::str::from_utf8(h.value).ok();
+        }
+    }
+    Some(f)
 }
 
 /// Accepts admin connections until shutdown.
@@ -44,13 +84,78 @@ pub fn accept_loop(listener: may::net::TcpListener, admin: Arc<Admin>) {
 }
 
 fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
-    let Some(head) = oneshot::read_head(&mut stream, ADMIN_LIMITS, ADMIN_TIMEOUT) else {
+    let Some((head, raw)) = oneshot::read_request(&mut stream, ADMIN_LIMITS, ADMIN_TIMEOUT) else {
         return;
     };
     let path = head.target.split(|&b| b == b'?').next().unwrap_or_default();
     let get = head.method != Method::Post;
     let bodyless = head.method == Method::Head;
     let text = "text/plain; charset=utf-8";
+    let probe = path == b"/healthz" || path == b"/readyz";
+    if !probe {
+        let Some(f) = fields(&raw) else {
+            oneshot::answer(&mut stream, 400, "Bad Request", b"bad request\n", bodyless);
+            return;
+        };
+        let client = stream
+            .peer_addr()
+            .map_or(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        match admin
+            .guard
+            .check(client, f.authorization, std::time::Instant::now())
+        {
+            Verdict::Allowed => {}
+            Verdict::Unauthorized => {
+                write_console(
+                    &mut stream,
+                    Response {
+                        headers: "WWW-Authenticate: Basic realm=\"didgate console\", charset=\"UTF-8\"\r\n".into(),
+                        ..Response::text(401, "Unauthorized", "the console needs its password\n")
+                    },
+                    bodyless,
+                );
+                return;
+            }
+            Verdict::Limited => {
+                write_console(
+                    &mut stream,
+                    Response {
+                        headers: format!("Retry-After: {}\r\n", guard::FAILURE_WINDOW.as_secs()),
+                        ..Response::text(
+                            429,
+                            "Too Many Requests",
+                            "too many wrong passwords; wait a minute\n",
+                        )
+                    },
+                    bodyless,
+                );
+                return;
+            }
+        }
+        if path != b"/metrics" {
+            if f.method != "GET" && f.method != "HEAD" {
+                // Read-only: nothing here changes state, whatever the method.
+                write_console(
+                    &mut stream,
+                    Response {
+                        headers: "Allow: GET, HEAD\r\n".into(),
+                        ..Response::text(405, "Method Not Allowed", "the console is read-only\n")
+                    },
+                    bodyless,
+                );
+                return;
+            }
+            let target = String::from_utf8_lossy(&head.target);
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let req = console::Request {
+                path,
+                query,
+                range: f.range,
+            };
+            write_console(&mut stream, admin.console.answer(&req), bodyless);
+            return;
+        }
+    }
     match path {
         b"/metrics" if get => {
             let body = admin.metrics.render(admin.queue.depth(), &admin.health);
@@ -76,8 +181,40 @@ fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
             }
         }
         _ => {
-            let body = b"not found: try /metrics, /healthz, /readyz\n";
+            let body = b"not found: try /, /metrics, /healthz, /readyz\n";
             oneshot::answer(&mut stream, 404, "Not Found", body, bodyless);
+        }
+    }
+}
+
+/// Writes a console answer with its security headers, streaming a file body, and closes.
+fn write_console(stream: &mut may::net::TcpStream, r: Response, head_only: bool) {
+    use std::io::Write;
+    let len = match &r.body {
+        Body::Bytes(b) => b.len() as u64,
+        Body::File(f) => f.len(),
+    };
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {len}\r\n{}{}Connection: close\r\n\r\n",
+        r.status,
+        r.reason,
+        r.content_type,
+        console::SECURITY_HEADERS,
+        r.headers
+    )
+    .into_bytes();
+    match r.body {
+        Body::Bytes(b) => {
+            if !head_only {
+                out.extend_from_slice(&b);
+            }
+            let _ = stream.write_all(&out);
+        }
+        Body::File(f) => {
+            if stream.write_all(&out).is_ok() && !head_only {
+                let _ = stream.set_write_timeout(Some(CONSOLE_STREAM_TIMEOUT));
+                let _ = f.copy_to(stream);
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ mod alerts;
 mod appliance;
 mod calls;
 mod conformance;
+mod console;
 mod damage;
 mod delivery_crash;
 mod durability;
