@@ -97,7 +97,8 @@ pub fn run(store: &Store, as_json: bool, out: &mut impl Write) -> Result<()> {
     emit(out, &mut buf)
 }
 
-fn bytes(n: u64) -> String {
+/// Bytes in binary units, one decimal: `1.5 KiB`.
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;
