@@ -69,6 +69,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -205,6 +206,36 @@ class IdleConnections(threading.Thread):
 
 
 ADMIN_PORTS = {}
+
+
+class ConsoleReader(threading.Thread):
+    """Fetches the console's pages ten times a second until stopped (--console)."""
+
+    PAGES = ["/", "/calls", "/sms", "/quarantine", "/alerts", "/calls?since=7d"]
+
+    def __init__(self, admin_port):
+        super().__init__(daemon=True)
+        self.base = f"http://127.0.0.1:{admin_port}"
+        self.stop = False
+        self.pages = self.failed = 0
+        self.slowest = 0.0
+
+    def run(self):
+        i = 0
+        while not self.stop:
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.base + self.PAGES[i % len(self.PAGES)],
+                                            timeout=10) as r:
+                    r.read()
+                    self.failed += r.status != 200
+            except Exception:
+                self.failed += 1
+            took = time.monotonic() - started
+            self.slowest = max(self.slowest, took)
+            self.pages += 1
+            i += 1
+            time.sleep(max(0.0, 0.1 - took))
 
 
 def metric(proc, name):
@@ -352,6 +383,10 @@ def main():
                     help="[[alert]] rules off and on, same run: the packaged examples' five "
                          "types evaluated every second (60 times the default) over calls "
                          "stamped with the current time")
+    ap.add_argument("--console", action="store_true",
+                    help="without and with the web console being read: its pages fetched "
+                         "ten times a second through the run (a hundred times what one "
+                         "operator does)")
     ap.add_argument("--tls", action="store_true",
                     help="HTTPS: nginx and didgate over TLS, plus didgate plain in the same run")
     args = ap.parse_args()
@@ -485,7 +520,7 @@ http {{
                 proc = start_didgate(fresh_data(), didgate_port, token, plain_config)
                 plain = wrk(didgate_port, c, args.seconds, token, f"p{c}-{time.time()}")
                 stop_didgate(proc)
-            compare = args.archive or args.forward or args.consume or args.alerts
+            compare = args.archive or args.forward or args.consume or args.alerts or args.console
 
             def off_run():
                 proc = start_didgate(fresh_data(), didgate_port, token, configs["off"])
@@ -512,8 +547,17 @@ http {{
                                        args.tls)
                 idle.open_all()
                 idle.start()
+                reader = ConsoleReader(ADMIN_PORTS[proc.pid]) if args.console else None
+                if reader:
+                    reader.start()
                 load_started = time.monotonic()
                 ours = wrk(didgate_port, c, args.seconds, token, f"d{c}-{time.time()}", scheme)
+                if reader:
+                    reader.stop = True
+                    reader.join()
+                    print(f"console: {reader.pages} pages read during the run, "
+                          f"{reader.failed} not 200, slowest {reader.slowest * 1000:.0f} ms",
+                          file=sys.stderr)
                 drain = None
                 if args.forward:
                     # Lag: events after the cursor plus retries waiting, when the load
@@ -592,7 +636,8 @@ http {{
     tls_kind = " (TLS)" if args.tls else ""
     side = ("archiver" if args.archive else "NATS publishing" if args.nats
             else "forwarding" if args.forward
-            else "consumer" if args.consume else "alerts" if args.alerts else "")
+            else "consumer" if args.consume else "alerts" if args.alerts
+            else "console" if args.console else "")
     kind = tls_kind + (f", {side} on" if side else "")
     for (c, base, ours, sampler, commits, events, stored, ok, _, (sent, acked), plain,
          archive_off, _, _) in rows:
