@@ -173,6 +173,16 @@ impl Console {
     }
 }
 
+/// Whether `path` is one of the console's pages (a request for anything else is a 404,
+/// whatever its method).
+pub fn is_page(path: &str) -> bool {
+    matches!(
+        path,
+        "/" | "/calls" | "/calls.csv" | "/sms" | "/quarantine" | "/alerts" | "/console.css"
+    ) || path.starts_with("/call/")
+        || path.starts_with("/recording/")
+}
+
 /// One query parameter, percent-decoded (`+` is a space); `None` when absent or empty.
 pub fn param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {

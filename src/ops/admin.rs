@@ -132,7 +132,9 @@ fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
                 return;
             }
         }
-        if path != b"/metrics" {
+        let target = String::from_utf8_lossy(&head.target).into_owned();
+        let (page, query) = target.split_once('?').unwrap_or((&target, ""));
+        if path != b"/metrics" && console::is_page(page) {
             if f.method != "GET" && f.method != "HEAD" {
                 // Read-only: nothing here changes state, whatever the method.
                 write_console(
@@ -145,10 +147,8 @@ fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
                 );
                 return;
             }
-            let target = String::from_utf8_lossy(&head.target);
-            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
             let req = console::Request {
-                path,
+                path: page,
                 query,
                 range: f.range,
             };
