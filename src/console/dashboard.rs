@@ -141,18 +141,20 @@ fn health(c: &Console, now: i64) -> Result<Markup> {
     let mut before = None;
     let mut looked = 0;
     while looked < LAST_EVENT_BUDGET && last.iter().any(|(_, t)| t.is_none()) {
+        // Noted while walking, and nothing kept: no body is copied out.
         let page = c
             .store
-            .events_backward(before, crate::cli::SCAN_CHUNK, |_, _| true)?;
+            .events_backward(before, crate::cli::SCAN_CHUNK, |_, rec| {
+                if let Some(slot) = last.iter_mut().find(|(k, t)| *k == rec.kind && t.is_none()) {
+                    slot.1 = Some(rec.stored_at_ms);
+                }
+                false
+            })?;
         looked += crate::cli::SCAN_CHUNK;
-        for e in &page.items {
-            if let Some(slot) = last.iter_mut().find(|(k, t)| *k == e.kind && t.is_none()) {
-                slot.1 = Some(e.stored_at_ms);
-            }
-        }
-        match page.items.last() {
-            Some(e) if page.next.is_some() => before = Some(e.seq),
-            _ => break,
+        // `next` is where the next older page starts, ready to pass as `before`.
+        match page.next {
+            Some(n) => before = Some(n),
+            None => break,
         }
     }
     let m = &c.metrics;

@@ -83,8 +83,8 @@ pub fn page(c: &Console, q: &str) -> Result<Response> {
                 messages.push(m);
             }
         }
-        // The walk goes on from `next` (the next older event), which `before` excludes.
-        before = page.next.map(|n| n + 1);
+        // `next` is where the next older page starts, ready to pass as `before`.
+        before = page.next;
         stopped = before;
         if before.is_none() {
             break;

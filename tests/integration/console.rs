@@ -457,3 +457,24 @@ fn a_real_browser_loads_every_page_without_errors() {
     }
     eprintln!("screenshots in {}", shots.display());
 }
+
+#[test]
+fn the_inbox_shows_each_message_once_across_its_scan_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let admin = server.admin.unwrap();
+    // The SMS is the 1,024th newest event, the last of the inbox's first backward page, and
+    // one older event makes a second page.
+    let mut c = server.connect();
+    server.post_cdrs_pipelined(&mut c, ["before-the-boundary".to_string()]);
+    let sms = "src=15551234567&dst=448001234567&message=boundary+message";
+    assert_eq!(server.post("sms", FORM, sms).status, 200);
+    server.post_cdrs_pipelined(&mut c, (0..1023).map(|i| format!("boundary-{i}")));
+    let inbox = page(admin, "/sms");
+    assert_eq!(inbox.matches("boundary message").count(), 1, "{inbox}");
+    // The dashboard's search for the last event of each kind walks the same pages.
+    let dash = page(admin, "/");
+    let sms_row = dash.split("<th>last sms</th>").nth(1).unwrap();
+    let sms_row = sms_row.split("</tr>").next().unwrap();
+    assert!(sms_row.contains("s ago"), "{sms_row}");
+}
