@@ -22,6 +22,11 @@ pub enum State {
 }
 
 impl State {
+    /// Whether a record in this state keeps its downloaded file (counted as archived).
+    pub fn holds_file(self) -> bool {
+        matches!(self, State::Fetched | State::Suspicious)
+    }
+
     /// Every state, in the order listings name them.
     pub const ALL: [State; 6] = [
         State::Pending,

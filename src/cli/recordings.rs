@@ -169,7 +169,7 @@ pub fn fetch_file(
     for ev in &events {
         if let Some(r) = store.archive_record(ev.seq)? {
             states.push(format!("event {}: {}", ev.seq, r.state.name()));
-            if r.path.is_some() && matches!(r.state, State::Fetched | State::Suspicious) {
+            if r.path.is_some() && r.state.holds_file() {
                 found = Some((ev.seq, r));
             }
         }

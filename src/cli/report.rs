@@ -127,13 +127,7 @@ impl Pending {
         let seqs: Vec<u64> = self.recordings.iter().map(|(_, s)| *s).collect();
         for ((i, _), state) in self.recordings.iter().zip(store.archive_states(&seqs)?) {
             if let Some(e) = self.entries.get_mut(*i) {
-                e.2 = matches!(
-                    state,
-                    Some(
-                        crate::archive::record::State::Fetched
-                            | crate::archive::record::State::Suspicious
-                    )
-                );
+                e.2 = state.is_some_and(|s| s.holds_file());
             }
         }
         rows.add_entries(g, &self.entries);

@@ -71,10 +71,7 @@ impl Unfiled {
             let Some(facts) = Facts::of(rec.kind, rec.format, rec.body) else {
                 continue;
             };
-            let archived = facts.kind == Kind::Recording
-                && holds_file(
-                    super::archive::record_in(txn, dbs.archive, dbs.archive_open, seq)?.as_ref(),
-                );
+            let archived = recording_kept(txn, dbs, seq, &facts)?;
             let at_ms = facts.index_ms(rec.stored_at_ms);
             entries.push((CallEntry { at_ms, seq, facts }, archived));
         }
@@ -150,7 +147,19 @@ fn decode_tally(table: Table, v: &[u8]) -> Result<Tally> {
 
 /// Whether an archive record says the file is kept.
 pub(super) fn holds_file(r: Option<&ArchiveRecord>) -> bool {
-    r.is_some_and(|r| matches!(r.state, State::Fetched | State::Suspicious))
+    r.is_some_and(|r| r.state.holds_file())
+}
+
+/// Whether `facts` are a recording's whose archive state holds its file (what the rollups'
+/// `archived` counts).
+fn recording_kept(
+    txn: &impl Transaction,
+    dbs: super::Dbs,
+    seq: u64,
+    facts: &Facts,
+) -> Result<bool> {
+    Ok(facts.kind == Kind::Recording
+        && holds_file(super::archive::record_in(txn, dbs.archive, dbs.archive_open, seq)?.as_ref()))
 }
 
 /// Walks `calltime` over `[from_ms, until_ms)` in a transaction, calling `visit` per entry
@@ -183,10 +192,7 @@ fn recount(txn: &impl Transaction, dbs: super::Dbs, bucket: i64) -> Result<Tally
     let mut t = Tally::default();
     let from = call_key(bucket * BUCKET_MS, 0);
     walk_calls(txn, dbs.calltime, &from, (bucket + 1) * BUCKET_MS, |e| {
-        let archived = e.facts.kind == Kind::Recording
-            && holds_file(
-                super::archive::record_in(txn, dbs.archive, dbs.archive_open, e.seq)?.as_ref(),
-            );
+        let archived = recording_kept(txn, dbs, e.seq, &e.facts)?;
         t.add(&Tally::of(&e.facts, archived));
         Ok(true)
     })?;
@@ -243,11 +249,7 @@ impl WriteTxn<'_> {
             next = self.next_event;
         }
         for (seq, at, facts) in &filed {
-            let archived = facts.kind == Kind::Recording
-                && holds_file(
-                    super::archive::record_in(&self.txn, dbs.archive, dbs.archive_open, *seq)?
-                        .as_ref(),
-                );
+            let archived = recording_kept(&self.txn, dbs, *seq, facts)?;
             self.scratch.clear();
             facts.encode(&mut self.scratch);
             self.txn.put(
@@ -543,10 +545,7 @@ pub(super) fn verify(
             )),
             None => problems.push(format!("calltime: event {seq} is not in the call index")),
         }
-        let archived = facts.kind == Kind::Recording
-            && holds_file(
-                super::archive::record_in(txn, dbs.archive, dbs.archive_open, seq)?.as_ref(),
-            );
+        let archived = recording_kept(txn, dbs, seq, &facts)?;
         expected_tallies
             .entry(bucket_of(at))
             .or_default()
@@ -632,10 +631,7 @@ pub(super) fn build(env: &lmdb::Environment, dbs: super::Dbs, chunk: usize) -> R
             }
         }
         for (seq, at, f) in &entries {
-            let archived = f.kind == Kind::Recording
-                && holds_file(
-                    super::archive::record_in(&txn, dbs.archive, dbs.archive_open, *seq)?.as_ref(),
-                );
+            let archived = recording_kept(&txn, dbs, *seq, f)?;
             tallies
                 .entry(bucket_of(*at))
                 .or_default()
