@@ -17,6 +17,7 @@
 //! - [`tls`]: HTTPS on the webhook listener: certificates from files or ACME, kept current.
 //! - [`ops`]: admin listener, health, metrics, systemd notify, log, token.
 //! - [`cli`]: the reader subcommands (`tail`, `export`, `get`, `stats`, `quarantine`, ...).
+//! - [`untrusted`]: webhook text shown to a person: the characters that must not act.
 //! - [`timestamp`]: times as shown and accepted; [`backoff`]: the background jobs' retry schedule;
 //!   [`durable_file`]: small files replaced whole and durably.
 
@@ -41,4 +42,5 @@ pub mod serve;
 pub mod store;
 pub(crate) mod timestamp;
 pub mod tls;
+pub mod untrusted;
 pub mod writer;

@@ -253,16 +253,13 @@ fn recordings_near(
 }
 
 /// Text from a webhook made safe for a terminal: control characters (escape sequences
-/// among them) and bidirectional overrides become `?`, and it is cut to `width` characters
+/// among them) and direction controls become `?`, and it is cut to `width` characters
 /// with `…`.
 pub(super) fn cell(s: &str, width: usize) -> String {
     let clean: String = s
         .chars()
         .map(|c| {
-            if c.is_control()
-                || ('\u{202a}'..='\u{202e}').contains(&c)
-                || ('\u{2066}'..='\u{2069}').contains(&c)
-            {
+            if c.is_control() || crate::untrusted::is_direction_control(c) {
                 '?'
             } else {
                 c

@@ -105,7 +105,7 @@ pub fn list(c: &Console, q: &str) -> Result<Response> {
             a href={"/calls.csv?" (filters)} download="calls.csv" { "Download CSV" }
             " (every call of this filter)"
         }
-        div.scroll { table {
+        div.scroll { table.reflow {
             thead { tr {
                 th { "time (" (zone.name()) ")" } th { "dir" } th { "from" } th { "to" }
                 th { "disposition" } th.n { "duration" } th.n { "billsec" } th { "recording" }
@@ -113,19 +113,19 @@ pub fn list(c: &Console, q: &str) -> Result<Response> {
             tbody {
                 @for r in &rows {
                     tr {
-                        td { a href={"/call/" (r.seq)} {
+                        td data-label={"time (" (zone.name()) ")"} { a href={"/call/" (r.seq)} {
                             @match r.facts.at_ms {
                                 Some(ms) => (zone.time(ms)),
                                 None => bdi { (untrusted(&r.facts.raw_time)) },
                             }
                         } }
-                        td { (direction(&r.facts)) }
-                        td { bdi { (untrusted(&r.facts.src)) } }
-                        td { bdi { (untrusted(&r.facts.dst)) } }
-                        td { bdi { (untrusted(&r.facts.disposition)) } }
-                        td.n { (duration(u64::from(r.facts.duration))) }
-                        td.n { (r.facts.billed_seconds()) }
-                        td { (recording(r.recording)) }
+                        td data-label="dir" { (direction(&r.facts)) }
+                        td data-label="from" { bdi { (untrusted(&r.facts.src)) } }
+                        td data-label="to" { bdi { (untrusted(&r.facts.dst)) } }
+                        td data-label="disposition" { bdi { (untrusted(&r.facts.disposition)) } }
+                        td.n data-label="duration" { (duration(u64::from(r.facts.duration))) }
+                        td.n data-label="billsec" { (r.facts.billed_seconds()) }
+                        td data-label="recording" { (recording(r.recording)) }
                     }
                 }
             }

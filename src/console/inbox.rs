@@ -1,6 +1,6 @@
-//! `/sms`: the SMS inbox, newest first, each message whole; `?from=NUMBER` shows one
-//! sender's.
-//! Paged by sequence number (`before=SEQ`), so new messages never shift a page.
+//! `/sms`: the SMS inbox: a page of the newest messages, each whole, grouped by sender (the
+//! sender of the newest first, each sender's newest first); `?from=NUMBER` shows one sender's
+//! messages. Paged by sequence number (`before=SEQ`), so new messages never shift a page.
 
 use maud::html;
 
@@ -50,6 +50,22 @@ fn sms_of(seq: u64, stored_at_ms: i64, format: BodyFormat, body: &[u8]) -> Sms {
     m
 }
 
+/// The messages of a page (newest first) grouped by sender, as a number's digits: the
+/// sender of the newest message first, each group newest first.
+fn by_sender(messages: &[Sms]) -> Vec<Vec<&Sms>> {
+    let mut groups: Vec<Vec<&Sms>> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for m in messages {
+        let key = crate::call::report::digits(&m.src);
+        let at = *index.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(m);
+    }
+    groups
+}
+
 /// The inbox page.
 ///
 /// # Errors
@@ -96,6 +112,7 @@ pub fn page(c: &Console, q: &str) -> Result<Response> {
     } else {
         stopped
     };
+    let senders = by_sender(&messages);
     let zone = c.zone();
     let keep = from
         .as_deref()
@@ -106,18 +123,27 @@ pub fn page(c: &Console, q: &str) -> Result<Response> {
             p { "From " bdi { (untrusted(f)) } " · " a href="/sms" { "every sender" } }
         }
         @if messages.is_empty() { p.muted { "No SMS here." } }
-        @for m in &messages {
-            article.msg {
-                p.meta {
-                    a href={"/call/" (m.seq)} { (zone.time(m.stored_at_ms)) }
-                    " · from "
-                    a href={"/sms?from=" (encode(&m.src))} { bdi { (untrusted(&m.src)) } }
-                    " to " bdi { (untrusted(&m.dst)) }
-                    @if !m.received_at.is_empty() {
-                        " · " span.muted { "sent " bdi { (untrusted(&m.received_at)) } }
+        @for group in &senders {
+            section.sender {
+                h2 {
+                    a href={"/sms?from=" (encode(&group[0].src))} { bdi { (untrusted(&group[0].src)) } }
+                    span.muted {
+                        " · " (group.len()) @if group.len() == 1 { " message" } @else { " messages" }
+                        @if from.is_none() { " on this page" }
                     }
                 }
-                div.sms { bdi { (untrusted(&m.text)) } }
+                @for m in group {
+                    article.msg {
+                        p.meta {
+                            a href={"/call/" (m.seq)} { (zone.time(m.stored_at_ms)) }
+                            " · to " bdi { (untrusted(&m.dst)) }
+                            @if !m.received_at.is_empty() {
+                                " · " span.muted { "sent " bdi { (untrusted(&m.received_at)) } }
+                            }
+                        }
+                        div.sms { bdi { (untrusted(&m.text)) } }
+                    }
+                }
             }
         }
         div.pager {
@@ -129,4 +155,37 @@ pub fn page(c: &Console, q: &str) -> Result<Response> {
         "OK",
         page::document("SMS inbox", "/sms", content),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sms(seq: u64, src: &str) -> Sms {
+        sms_of(
+            seq,
+            0,
+            BodyFormat::Form,
+            format!("src={src}&message=m{seq}").as_bytes(),
+        )
+    }
+
+    #[test]
+    fn a_page_groups_by_sender_newest_sender_first() {
+        // Newest first, as the page reads them; "+1 555" and "1555" are one number.
+        let page = [
+            sms(9, "1555"),
+            sms(8, "4420"),
+            sms(7, "%2B1+555"),
+            sms(6, "4420"),
+            sms(5, "33"),
+        ];
+        let groups = by_sender(&page);
+        let seqs: Vec<Vec<u64>> = groups
+            .iter()
+            .map(|g| g.iter().map(|m| m.seq).collect())
+            .collect();
+        assert_eq!(seqs, [vec![9, 7], vec![8, 6], vec![5]]);
+        assert!(by_sender(&[]).is_empty());
+    }
 }

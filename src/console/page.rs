@@ -74,8 +74,8 @@ pub fn stylesheet() -> Response {
 pub fn untrusted(s: &str) -> String {
     s.chars()
         .map(|c| {
-            let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}');
-            if bidi || (c.is_control() && c != '\n' && c != '\t') {
+            let acts = c.is_control() && c != '\n' && c != '\t';
+            if acts || crate::untrusted::is_direction_control(c) {
                 '\u{FFFD}'
             } else {
                 c

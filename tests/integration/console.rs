@@ -123,7 +123,15 @@ fn feed(dir: &std::path::Path) -> Fed {
         enc("<b>15551234567"),
         enc(&hostile)
     );
+    let plain = |text: &str| format!("src=%2B447700900123&dst=448001234567&message={}", enc(text));
+    assert_eq!(
+        server
+            .post("sms", FORM, &plain("Running 10 minutes late"))
+            .status,
+        200
+    );
     assert_eq!(server.post("sms", FORM, &sms).status, 200);
+    assert_eq!(server.post("sms", FORM, &plain("Here now")).status, 200);
     assert_eq!(server.post("cdr", JSON, "{\"calldate\": ").status, 200);
     // The recording gets archived.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -248,6 +256,22 @@ fn every_page_renders_escapes_and_streams_recordings() {
     );
     assert!(inbox.contains(&emoji), "the whole text");
     assert!(inbox.contains("&lt;b&gt;15551234567"));
+    // Grouped by sender: the sender of the newest message first, with both of theirs, newest
+    // first; then the other sender.
+    let at = |text: &str| {
+        inbox
+            .find(text)
+            .unwrap_or_else(|| panic!("{text} in {inbox}"))
+    };
+    assert!(at("Here now") < at("Running 10 minutes late"), "{inbox}");
+    assert!(
+        at("Running 10 minutes late") < at("&lt;script&gt;"),
+        "{inbox}"
+    );
+    assert!(inbox.contains("2 messages on this page"), "{inbox}");
+    let one = page(admin, "/sms?from=447700900123");
+    assert!(one.contains("Here now") && one.contains("Running 10 minutes late"));
+    assert!(!one.contains("&lt;script&gt;"), "{one}");
 
     let quarantine = page(admin, "/quarantine");
     assert!(
