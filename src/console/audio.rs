@@ -3,20 +3,23 @@
 //! into memory). Only files inside the archive directory are served.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::page;
 use super::{Body, Console, Response};
 use crate::archive::record::State;
 use crate::cli::Result;
 
-/// Bytes copied per write when streaming a file.
+/// Bytes read from the file per piece when streaming it (each piece one read on the console
+/// thread, one write on the connection).
 pub const STREAM_CHUNK_BYTES: usize = 64 * 1024;
 
-/// A byte range of an open file, to stream.
+/// A byte range of an open file, to stream. Cloning shares the file.
+#[derive(Clone)]
 pub struct Slice {
-    file: File,
+    file: Arc<File>,
     start: u64,
     len: u64,
 }
@@ -32,24 +35,29 @@ impl Slice {
         self.len == 0
     }
 
-    /// Copies the slice to `out` in chunks.
+    /// The next piece of the slice, `done` bytes into it: at most [`STREAM_CHUNK_BYTES`],
+    /// empty once it is all read. A blocking read (the disk may be an SD card), so the
+    /// listener asks the console thread for it rather than reading on its coroutine.
     ///
     /// # Errors
-    /// I/O errors (the client went away, the file shrank).
-    pub fn copy_to(mut self, out: &mut impl Write) -> std::io::Result<()> {
-        self.file.seek(SeekFrom::Start(self.start))?;
-        let mut left = self.len;
-        let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
-        while left > 0 {
-            let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-            let n = self.file.read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+    /// I/O errors, or the file shrank under the slice.
+    pub fn piece(&self, done: u64) -> std::io::Result<Vec<u8>> {
+        let left = self.len.saturating_sub(done);
+        let want = usize::try_from(left).map_or(STREAM_CHUNK_BYTES, |l| l.min(STREAM_CHUNK_BYTES));
+        let mut buf = vec![0u8; want];
+        let mut got = 0;
+        while got < want {
+            match self
+                .file
+                .read_at(&mut buf[got..], self.start + done + got as u64)
+            {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            out.write_all(&buf[..n])?;
-            left -= n as u64;
         }
-        Ok(())
+        Ok(buf)
     }
 }
 
@@ -170,13 +178,47 @@ pub fn serve(c: &Console, seq: u64, range: Option<&str>) -> Result<Response> {
         reason,
         content_type,
         headers,
-        body: Body::File(Slice { file, start, len }),
+        body: Body::File(Slice {
+            file: Arc::new(file),
+            start,
+            len,
+        }),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slice_reads_in_pieces_and_notices_a_shrunk_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.mp3");
+        let bytes: Vec<u8> = (0..(STREAM_CHUNK_BYTES * 2 + 10))
+            .map(|i| i as u8)
+            .collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let slice = Slice {
+            file: Arc::new(File::open(&path).unwrap()),
+            start: 5,
+            len: bytes.len() as u64 - 5,
+        };
+        let mut got = Vec::new();
+        loop {
+            let piece = slice.piece(got.len() as u64).unwrap();
+            if piece.is_empty() {
+                break;
+            }
+            assert!(piece.len() <= STREAM_CHUNK_BYTES);
+            got.extend(piece);
+        }
+        assert_eq!(got, bytes[5..]);
+        std::fs::write(&path, &bytes[..100]).unwrap();
+        assert_eq!(
+            slice.piece(0).unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
+    }
 
     #[test]
     fn ranges_read_as_rfc_9110_says() {

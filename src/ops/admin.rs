@@ -100,59 +100,9 @@ fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
         let client = stream
             .peer_addr()
             .map_or(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-        match admin
-            .guard
-            .check(client, f.authorization, std::time::Instant::now())
-        {
-            Verdict::Allowed => {}
-            Verdict::Unauthorized => {
-                write_console(
-                    &mut stream,
-                    Response {
-                        headers: "WWW-Authenticate: Basic realm=\"didgate console\", charset=\"UTF-8\"\r\n".into(),
-                        ..Response::text(401, "Unauthorized", "the console needs its password\n")
-                    },
-                    bodyless,
-                );
-                return;
-            }
-            Verdict::Limited => {
-                write_console(
-                    &mut stream,
-                    Response {
-                        headers: format!("Retry-After: {}\r\n", guard::FAILURE_WINDOW.as_secs()),
-                        ..Response::text(
-                            429,
-                            "Too Many Requests",
-                            "too many wrong passwords; wait a minute\n",
-                        )
-                    },
-                    bodyless,
-                );
-                return;
-            }
-        }
         let target = String::from_utf8_lossy(&head.target).into_owned();
-        let (page, query) = target.split_once('?').unwrap_or((&target, ""));
-        if path != b"/metrics" && console::is_page(page) {
-            if f.method != "GET" && f.method != "HEAD" {
-                // Read-only: nothing here changes state, whatever the method.
-                write_console(
-                    &mut stream,
-                    Response {
-                        headers: "Allow: GET, HEAD\r\n".into(),
-                        ..Response::text(405, "Method Not Allowed", "the console is read-only\n")
-                    },
-                    bodyless,
-                );
-                return;
-            }
-            let req = console::Request {
-                path: page,
-                query,
-                range: f.range,
-            };
-            write_console(&mut stream, admin.console.answer(&req), bodyless);
+        if let Some(r) = console_answer(admin, client, &f, &target) {
+            write_console(&mut stream, r, bodyless, &admin.console);
             return;
         }
     }
@@ -187,8 +137,69 @@ fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
     }
 }
 
+/// What the console says to a request that is not a probe: a refusal when the guard
+/// refuses it (`/metrics` included), 405 for a console page asked with a method that is not
+/// GET or HEAD, or the page; `None` for `/metrics` allowed and paths that are no page.
+fn console_answer(
+    admin: &Admin,
+    client: std::net::IpAddr,
+    f: &Fields<'_>,
+    target: &str,
+) -> Option<Response> {
+    let refused = |status, reason, header: String, text| Response {
+        headers: header,
+        ..Response::text(status, reason, text)
+    };
+    match admin
+        .guard
+        .check(client, f.authorization, std::time::Instant::now())
+    {
+        Verdict::Allowed => {}
+        Verdict::Unauthorized => {
+            return Some(refused(
+                401,
+                "Unauthorized",
+                "WWW-Authenticate: Basic realm=\"didgate console\", charset=\"UTF-8\"\r\n".into(),
+                "the console needs its password\n",
+            ));
+        }
+        Verdict::Limited => {
+            return Some(refused(
+                429,
+                "Too Many Requests",
+                format!("Retry-After: {}\r\n", guard::FAILURE_WINDOW.as_secs()),
+                "too many wrong passwords; wait a minute\n",
+            ));
+        }
+    }
+    let (page, query) = target.split_once('?').unwrap_or((target, ""));
+    if page == "/metrics" || !console::is_page(page) {
+        return None;
+    }
+    if f.method != "GET" && f.method != "HEAD" {
+        // Read-only: nothing here changes state, whatever the method.
+        return Some(refused(
+            405,
+            "Method Not Allowed",
+            "Allow: GET, HEAD\r\n".into(),
+            "the console is read-only\n",
+        ));
+    }
+    let req = console::Request {
+        path: page,
+        query,
+        range: f.range,
+    };
+    Some(admin.console.answer(&req))
+}
+
 /// Writes a console answer with its security headers, streaming a file body, and closes.
-fn write_console(stream: &mut may::net::TcpStream, r: Response, head_only: bool) {
+fn write_console(
+    stream: &mut may::net::TcpStream,
+    r: Response,
+    head_only: bool,
+    console: &Renderer,
+) {
     use std::io::Write;
     let len = match &r.body {
         Body::Bytes(b) => b.len() as u64,
@@ -213,7 +224,7 @@ fn write_console(stream: &mut may::net::TcpStream, r: Response, head_only: bool)
         Body::File(f) => {
             if stream.write_all(&out).is_ok() && !head_only {
                 let _ = stream.set_write_timeout(Some(CONSOLE_STREAM_TIMEOUT));
-                let _ = f.copy_to(stream);
+                let _ = console.stream(&f, stream, CONSOLE_STREAM_TIMEOUT);
             }
         }
     }

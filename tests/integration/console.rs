@@ -93,7 +93,8 @@ fn feed(dir: &std::path::Path) -> Fed {
     let audio: Vec<u8> = b"ID3\x04\x00\x00\x00\x00\x00\x00"
         .iter()
         .copied()
-        .chain((0..50_000u32).map(|i| (i * 31 % 251) as u8))
+        // Over two of the console's 64 KiB stream pieces.
+        .chain((0..150_000u32).map(|i| (i * 31 % 251) as u8))
         .collect();
     let host = mp3_host(audio.clone());
     let cfg = write_config(
