@@ -70,16 +70,17 @@ pub struct CallRow {
 /// Joins CDRs with recordings by callid. `recordings` are `(callid, state)`; a recording
 /// may have been filed before or after its CDR in call time: the caller reads a margin
 /// around the range for them.
-pub fn join(cdrs: Vec<(i64, u64, Facts)>, recordings: &[(String, Recording)]) -> Vec<CallRow> {
+pub fn join<'a>(
+    cdrs: Vec<(i64, u64, Facts)>,
+    recordings: impl IntoIterator<Item = (&'a str, Recording)>,
+) -> Vec<CallRow> {
     let mut by_call: HashMap<&str, (Recording, u32)> = HashMap::new();
     for (callid, state) in recordings {
         if callid.is_empty() {
             continue;
         }
-        let e = by_call
-            .entry(callid.as_str())
-            .or_insert((Recording::None, 0));
-        e.0 = e.0.max(*state);
+        let e = by_call.entry(callid).or_insert((Recording::None, 0));
+        e.0 = e.0.max(state);
         e.1 += 1;
     }
     cdrs.into_iter()
@@ -334,10 +335,10 @@ mod tests {
                 (0, 1, cdr("a", "1900", "ANSWERED", 5)),
                 (0, 2, cdr("", "1", "BUSY", 0)),
             ],
-            &[
-                ("a".into(), Recording::Pending),
-                ("a".into(), Recording::Archived),
-                ("".into(), Recording::Archived),
+            [
+                ("a", Recording::Pending),
+                ("a", Recording::Archived),
+                ("", Recording::Archived),
             ],
         );
         assert_eq!(

@@ -1,9 +1,10 @@
 //! `didgate calls`: one row per call, by the call's own time, joined with its recordings.
 //!
 //! Reads the call index (`store/calls.rs`) a page at a time, each page in one short read
-//! transaction; the recordings of a page's calls are read from the same index over the page's
-//! time span widened by [`RECORDING_JOIN_MARGIN_MS`] on each side, with their archive states,
-//! so memory stays one page whatever the range.
+//! transaction; the recordings of a page's calls are those the same index holds over the
+//! page's time span widened by [`RECORDING_JOIN_MARGIN_MS`] on each side, with their archive
+//! states. They are kept in a window that slides with the pages (each part of the index read
+//! once), so memory stays a page and the margins whatever the range.
 
 use std::io::Write;
 
@@ -194,6 +195,7 @@ impl Query {
         mut visit: impl FnMut(Vec<CallRow>, Option<(i64, u64)>) -> Result<bool>,
     ) -> Result<()> {
         let unfiled = store.unfiled()?;
+        let mut recordings = Nearby::default();
         let mut from = (from.0.max(self.since), from.1);
         loop {
             let (page, next) = store.calls_page(&unfiled, from, self.until, SCAN_CHUNK)?;
@@ -204,8 +206,8 @@ impl Query {
                 .collect();
             let rows = match (cdrs.first(), cdrs.last()) {
                 (Some(first), Some(last)) => {
-                    let recordings = recordings_near(store, &unfiled, first.0, last.0)?;
-                    report::join(cdrs, &recordings)
+                    recordings.cover(store, &unfiled, first.0, last.0)?;
+                    report::join(cdrs, recordings.iter())
                 }
                 _ => Vec::new(),
             };
@@ -220,36 +222,68 @@ impl Query {
     }
 }
 
-/// The recordings filed within the join margin of `[first_ms, last_ms]`, with their states.
-fn recordings_near(
-    store: &Store,
-    unfiled: &Unfiled,
-    first_ms: i64,
-    last_ms: i64,
-) -> Result<Vec<(String, Recording)>> {
-    let mut seqs = Vec::new();
-    let mut callids = Vec::new();
-    let mut from = (first_ms.saturating_sub(RECORDING_JOIN_MARGIN_MS), 0u64);
-    let until = last_ms.saturating_add(RECORDING_JOIN_MARGIN_MS + 1);
-    loop {
-        let (page, next) = store.calls_page(unfiled, from, until, SCAN_CHUNK)?;
-        for e in page {
-            if e.facts.kind == Kind::Recording && !e.facts.callid.is_empty() {
-                seqs.push(e.seq);
-                callids.push(e.facts.callid);
+/// The recordings filed within the join margin of a page's calls, with their archive states,
+/// for pages read in call-time order: each [`Nearby::cover`] drops those before the new
+/// margin and reads the index only past where the last one stopped.
+#[derive(Default)]
+struct Nearby {
+    /// (call time, callid, state), in call-time order.
+    held: std::collections::VecDeque<(i64, String, Recording)>,
+    /// Where the index was read up to (excluded): the next position to read.
+    read_to: Option<(i64, u64)>,
+}
+
+impl Nearby {
+    /// Holds the recordings of `[first_ms - margin, last_ms + margin]`; `first_ms` and
+    /// `last_ms` never go back from one call to the next.
+    fn cover(
+        &mut self,
+        store: &Store,
+        unfiled: &Unfiled,
+        first_ms: i64,
+        last_ms: i64,
+    ) -> Result<()> {
+        let lo = first_ms.saturating_sub(RECORDING_JOIN_MARGIN_MS);
+        let until = last_ms.saturating_add(RECORDING_JOIN_MARGIN_MS + 1);
+        while self.held.front().is_some_and(|r| r.0 < lo) {
+            self.held.pop_front();
+        }
+        let mut from = match self.read_to {
+            Some(at) if at.0 >= lo => at,
+            _ => (lo, 0),
+        };
+        if from.0 >= until {
+            return Ok(());
+        }
+        let (mut seqs, mut found) = (Vec::new(), Vec::new());
+        loop {
+            let (page, next) = store.calls_page(unfiled, from, until, SCAN_CHUNK)?;
+            for e in page {
+                if e.facts.kind == Kind::Recording && !e.facts.callid.is_empty() {
+                    seqs.push(e.seq);
+                    found.push((e.at_ms, e.facts.callid));
+                }
+            }
+            match next {
+                Some(n) => from = n,
+                None => break,
             }
         }
-        match next {
-            Some(n) => from = n,
-            None => break,
-        }
+        self.read_to = Some((until, 0));
+        let states = store.archive_states(&seqs)?;
+        self.held.extend(
+            found
+                .into_iter()
+                .zip(states)
+                .map(|((at, callid), s)| (at, callid, Recording::of_archive(s))),
+        );
+        Ok(())
     }
-    let states = store.archive_states(&seqs)?;
-    Ok(callids
-        .into_iter()
-        .zip(states)
-        .map(|(c, s)| (c, Recording::of_archive(s)))
-        .collect())
+
+    /// The held recordings as `(callid, state)`.
+    fn iter(&self) -> impl Iterator<Item = (&str, Recording)> {
+        self.held.iter().map(|(_, c, s)| (c.as_str(), *s))
+    }
 }
 
 /// Text from a webhook made safe for a terminal: control characters (escape sequences
@@ -452,5 +486,92 @@ mod tests {
         assert_eq!(cell("\u{202e}evil", 10), "?evil");
         assert_eq!(cell("1234567890", 5), "1234…");
         assert_eq!(pad("ab", 4, true), "  ab");
+    }
+
+    /// Calls over six hours, read in several index pages, with recordings filed at the call's
+    /// time, 50 minutes before it and 50 minutes after it: every one is joined to its call,
+    /// whichever page it is read with.
+    #[test]
+    fn recordings_join_their_calls_across_index_pages() {
+        use crate::event::{BodyFormat, Event};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), 64 << 20).unwrap();
+        let start_ms = 1_778_544_000_000; // 2026-05-12T00:00:00Z
+        let time = crate::timestamp::format_ms;
+        let event = |kind: &str, body: String| {
+            Event {
+                kind: kind.to_string(),
+                format: BodyFormat::Json,
+                peer: None,
+                content_type: b"application/json".to_vec(),
+                body: body.into_bytes(),
+                callid: None,
+                call: None,
+            }
+            .with_call_facts()
+        };
+        let calls = 3000;
+        let mut w = store.begin_write(start_ms).unwrap();
+        for i in 0..calls {
+            let at = start_ms + 60_000 + i * 7_200;
+            let cdr = format!(
+                r#"{{"event":"cdr","calldate":"{}","callid":"c{i}","disposition":"ANSWERED","billsec":5}}"#,
+                time(at)
+            );
+            let ev = event("cdr", cdr);
+            w.append_event(&ev, crate::store::body_hash(&ev.body))
+                .unwrap();
+            let offset = match i % 4 {
+                0 => continue,
+                1 => 0,
+                2 => -50 * 60_000,
+                _ => 50 * 60_000,
+            };
+            let rec = format!(
+                r#"{{"event":"recording","calldate":"{}","callid":"c{i}","recording_url":"https://example.com/{i}.mp3"}}"#,
+                time(at + offset)
+            );
+            let ev = event("recording", rec);
+            w.append_event(&ev, crate::store::body_hash(&ev.body))
+                .unwrap();
+        }
+        w.commit().unwrap();
+        let mut w = store.begin_write(start_ms).unwrap();
+        w.index_calls(&mut std::collections::VecDeque::new(), usize::MAX)
+            .unwrap();
+        w.commit().unwrap();
+        let args = Args {
+            since: Some(time(start_ms)),
+            until: Some(time(start_ms + 24 * 3_600_000)),
+            direction: None,
+            disposition: None,
+            number: None,
+            min_billsec: None,
+            format: Format::Json,
+            tz: Some("UTC".into()),
+            config_tz: None,
+        };
+        let (mut rows, mut pages) = (Vec::new(), 0);
+        Query::new(&args)
+            .unwrap()
+            .walk(&store, (0, 0), |page, _| {
+                pages += 1;
+                rows.extend(page);
+                Ok(true)
+            })
+            .unwrap();
+        assert!(pages >= 4, "{pages} index pages");
+        assert_eq!(rows.len(), calls as usize);
+        for r in &rows {
+            let i: i64 = r.facts.callid[1..].parse().unwrap();
+            let want = u32::from(i % 4 != 0);
+            assert_eq!(r.recordings, want, "{}", r.facts.callid);
+            let state = if want == 1 {
+                Recording::Received
+            } else {
+                Recording::None
+            };
+            assert_eq!(r.recording, state, "{}", r.facts.callid);
+        }
     }
 }
