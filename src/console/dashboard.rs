@@ -110,7 +110,7 @@ fn chart(days: &[(String, Tally)], period_asr: Option<f64>) -> Markup {
 fn daily_table(days: &[(String, Tally)]) -> Markup {
     html! {
         div.scroll {
-            table {
+            table.compact {
                 thead { tr {
                     th { "day" } th.n { "calls" } th.n { "answered" } th.n { "ASR" }
                     th.n { "ACD" } th.n { "billed min" } th.n { "SMS" }
