@@ -120,33 +120,65 @@ impl Response {
     }
 }
 
+/// A console page, as a path names it.
+enum Page<'a> {
+    Dashboard,
+    Calls,
+    CallsCsv,
+    Sms,
+    Quarantine,
+    Alerts,
+    Stylesheet,
+    /// `/call/SEQ`, the number not yet parsed.
+    Call(&'a str),
+    /// `/recording/SEQ.mp3`, the number not yet parsed.
+    Recording(&'a str),
+}
+
+impl Page<'_> {
+    fn of(path: &str) -> Option<Page<'_>> {
+        Some(match path {
+            "/" => Page::Dashboard,
+            "/calls" => Page::Calls,
+            "/calls.csv" => Page::CallsCsv,
+            "/sms" => Page::Sms,
+            "/quarantine" => Page::Quarantine,
+            "/alerts" => Page::Alerts,
+            "/console.css" => Page::Stylesheet,
+            p => {
+                if let Some(seq) = p.strip_prefix("/call/") {
+                    Page::Call(seq)
+                } else if let Some(seq) = p.strip_prefix("/recording/") {
+                    Page::Recording(seq.strip_suffix(".mp3").unwrap_or(seq))
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+}
+
 impl Console {
     /// Answers one console request (the guard has let it through). Never panics on input:
     /// every parameter is parsed and checked, every failure is a page that says why.
     pub fn answer(&self, req: &Request<'_>) -> Response {
-        let result = match req.path {
-            "/" => dashboard::page(self),
-            "/calls" => calls::list(self, req.query),
-            "/calls.csv" => calls::csv(self, req.query),
-            "/sms" => inbox::page(self, req.query),
-            "/quarantine" => lists::quarantine(self, req.query),
-            "/alerts" => lists::alerts(self),
-            "/console.css" => Ok(page::stylesheet()),
-            p => {
-                if let Some(seq) = p.strip_prefix("/call/") {
-                    match seq.parse() {
-                        Ok(seq) => calls::one(self, seq),
-                        Err(_) => Ok(Response::not_found()),
-                    }
-                } else if let Some(seq) = p.strip_prefix("/recording/") {
-                    match seq.strip_suffix(".mp3").unwrap_or(seq).parse() {
-                        Ok(seq) => audio::serve(self, seq, req.range),
-                        Err(_) => Ok(Response::not_found()),
-                    }
-                } else {
-                    Ok(Response::not_found())
-                }
-            }
+        let result = match Page::of(req.path) {
+            Some(Page::Dashboard) => dashboard::page(self),
+            Some(Page::Calls) => calls::list(self, req.query),
+            Some(Page::CallsCsv) => calls::csv(self, req.query),
+            Some(Page::Sms) => inbox::page(self, req.query),
+            Some(Page::Quarantine) => lists::quarantine(self, req.query),
+            Some(Page::Alerts) => lists::alerts(self),
+            Some(Page::Stylesheet) => Ok(page::stylesheet()),
+            Some(Page::Call(seq)) => match seq.parse() {
+                Ok(seq) => calls::one(self, seq),
+                Err(_) => Ok(Response::not_found()),
+            },
+            Some(Page::Recording(seq)) => match seq.parse() {
+                Ok(seq) => audio::serve(self, seq, req.range),
+                Err(_) => Ok(Response::not_found()),
+            },
+            None => Ok(Response::not_found()),
         };
         result.unwrap_or_else(|e| match e {
             crate::cli::Error::Usage(why) => {
@@ -176,11 +208,7 @@ impl Console {
 /// Whether `path` is one of the console's pages (a request for anything else is a 404,
 /// whatever its method).
 pub fn is_page(path: &str) -> bool {
-    matches!(
-        path,
-        "/" | "/calls" | "/calls.csv" | "/sms" | "/quarantine" | "/alerts" | "/console.css"
-    ) || path.starts_with("/call/")
-        || path.starts_with("/recording/")
+    Page::of(path).is_some()
 }
 
 /// One query parameter, percent-decoded (`+` is a space); `None` when absent or empty.
