@@ -52,7 +52,6 @@ pub struct Admin {
 
 /// The fields of a request head the framer does not keep.
 struct Fields<'a> {
-    method: &'a str,
     authorization: Option<&'a [u8]>,
     range: Option<&'a str>,
 }
@@ -61,9 +60,7 @@ fn fields(raw: &[u8]) -> Option<Fields<'_>> {
     let mut headers = [httparse::EMPTY_HEADER; ADMIN_LIMITS.max_headers];
     let mut req = httparse::Request::new(&mut headers);
     req.parse(raw).ok()?;
-    let method = req.method?;
     let mut f = Fields {
-        method,
         authorization: None,
         range: None,
     };
@@ -101,7 +98,7 @@ fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
             .peer_addr()
             .map_or(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let target = String::from_utf8_lossy(&head.target).into_owned();
-        if let Some(r) = console_answer(admin, client, &f, &target) {
+        if let Some(r) = console_answer(admin, client, head.method, &f, &target) {
             write_console(&mut stream, r, bodyless, &admin.console);
             return;
         }
@@ -143,6 +140,7 @@ fn handle(mut stream: may::net::TcpStream, admin: &Admin) {
 fn console_answer(
     admin: &Admin,
     client: std::net::IpAddr,
+    method: Method,
     f: &Fields<'_>,
     target: &str,
 ) -> Option<Response> {
@@ -176,7 +174,7 @@ fn console_answer(
     if page == "/metrics" || !console::is_page(page) {
         return None;
     }
-    if f.method != "GET" && f.method != "HEAD" {
+    if !matches!(method, Method::Get | Method::Head) {
         // Read-only: nothing here changes state, whatever the method.
         return Some(refused(
             405,

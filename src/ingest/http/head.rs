@@ -159,6 +159,7 @@ fn parse_head_in<'b>(
     };
     let method = match req.method {
         Some("POST") => Method::Post,
+        Some("GET") => Method::Get,
         Some("HEAD") => Method::Head,
         _ => Method::Other,
     };

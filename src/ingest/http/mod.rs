@@ -93,6 +93,8 @@ impl Error {
 pub enum Method {
     /// `POST`, the only method a hook takes.
     Post,
+    /// `GET` (answered 405 on a hook path; the admin listener's pages take it).
+    Get,
     /// `HEAD`: answered like a GET, without the body.
     Head,
     /// Any other method (answered 405 on a hook path).
