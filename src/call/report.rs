@@ -104,6 +104,14 @@ pub fn join<'a>(
         .collect()
 }
 
+/// `in` or `out`, the short name of a direction [`direction_matches`] knows; `None` for any
+/// other.
+pub fn short_direction(direction: &str) -> Option<&'static str> {
+    ["in", "out"]
+        .into_iter()
+        .find(|w| direction_matches(direction, w))
+}
+
 /// `in` / `out` as `--direction` means them: didlogic's `inbound` / `outbound` (and the
 /// short and Asterisk-ish spellings).
 pub fn direction_matches(direction: &str, wanted: &str) -> bool {
@@ -376,5 +384,8 @@ mod tests {
         );
         assert_eq!(rows.0.len(), 2);
         assert!(direction_matches("Outbound", "out") && !direction_matches("inbound", "out"));
+        assert_eq!(short_direction("Inbound"), Some("in"));
+        assert_eq!(short_direction("outgoing"), Some("out"));
+        assert_eq!(short_direction("transfer"), None);
     }
 }

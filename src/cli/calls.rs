@@ -320,16 +320,12 @@ pub(super) fn pad(s: &str, width: usize, right: bool) -> String {
     }
 }
 
-/// The short direction shown in the table.
-fn short_direction(d: &str) -> String {
-    if report::direction_matches(d, "in") {
-        "in".into()
-    } else if report::direction_matches(d, "out") {
-        "out".into()
-    } else if d.is_empty() {
-        report::NO_VALUE.into()
-    } else {
-        cell(d, 3)
+/// The direction shown in the table: `in`, `out`, or what was sent, cut.
+fn direction_cell(d: &str) -> String {
+    match report::short_direction(d) {
+        Some(short) => short.into(),
+        None if d.is_empty() => report::NO_VALUE.into(),
+        None => cell(d, 3),
     }
 }
 
@@ -377,7 +373,7 @@ impl Table {
         let line = format!(
             "{} {} {} {} {} {} {} {}\n",
             pad(&time, self.time_width, false),
-            pad(&short_direction(&f.direction), 3, false),
+            pad(&direction_cell(&f.direction), 3, false),
             pad(&cell(&f.src, NUMBER_WIDTH), NUMBER_WIDTH, false),
             pad(&cell(&f.dst, NUMBER_WIDTH), NUMBER_WIDTH, false),
             pad(

@@ -144,13 +144,7 @@ pub fn list(c: &Console, q: &str) -> Result<Response> {
 }
 
 fn direction(f: &Facts) -> &'static str {
-    if crate::call::report::direction_matches(&f.direction, "in") {
-        "in"
-    } else if crate::call::report::direction_matches(&f.direction, "out") {
-        "out"
-    } else {
-        "–"
-    }
+    crate::call::report::short_direction(&f.direction).unwrap_or("–")
 }
 
 fn recording(r: Recording) -> Markup {
