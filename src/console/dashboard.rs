@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use maud::{Markup, html};
 
-use super::page::{self, age, bytes, duration, percent};
+use super::page::{self, age, bytes, duration, percent, untrusted};
 use super::{Console, Response};
 use crate::call::report::{By, Grouping, Rows};
 use crate::call::tally::Tally;
@@ -54,7 +54,7 @@ pub fn page(c: &Console) -> Result<Response> {
         (chart(&days, period.asr_percent()))
         (daily_table(&days))
         h2 { "Gateway" }
-        (health(c, now)?)
+        (health(c, &zone, now)?)
     };
     Ok(Response::html(
         200,
@@ -135,7 +135,7 @@ fn daily_table(days: &[(String, Tally)]) -> Markup {
 
 /// Ingest health: the last event of each kind and its age, the dedup table's reach, disk,
 /// queue, the recordings' backlog, delivery lag per destination, firing alerts.
-fn health(c: &Console, now: i64) -> Result<Markup> {
+fn health(c: &Console, zone: &crate::call::zone::Zone, now: i64) -> Result<Markup> {
     let mut last: Vec<(&str, Option<i64>)> =
         vec![("cdr", None), ("recording", None), ("sms", None)];
     let mut before = None;
@@ -178,7 +178,7 @@ fn health(c: &Console, now: i64) -> Result<Markup> {
                 @for (kind, at) in &last {
                     tr { th { "last " (kind) } td {
                         @match at {
-                            Some(ms) => { (c.zone().time(*ms)) " " span.muted { "(" (age(now, *ms)) ")" } }
+                            Some(ms) => { (zone.time(*ms)) " " span.muted { "(" (age(now, *ms)) ")" } }
                             None => span.muted { "none in the newest " (LAST_EVENT_BUDGET) " events" },
                         }
                     } }
@@ -194,13 +194,13 @@ fn health(c: &Console, now: i64) -> Result<Markup> {
                 @for (name, s) in &dests {
                     tr { th { "delivery lag: " (name) } td {
                         (last_seq.saturating_sub(s.cursor)) " events"
-                        @if let Some(why) = &s.paused { " " span.bad { "(paused: " (why) ")" } }
+                        @if let Some(why) = &s.paused { " " span.bad { "(paused: " bdi { (untrusted(why)) } ")" } }
                     } }
                 }
                 tr { th { "alerts firing" } td {
                     @if firing.is_empty() { span.ok { "none" } }
                     @for (name, summary) in &firing {
-                        div { a.bad href="/alerts" { (name) } ": " (summary) }
+                        div { a.bad href="/alerts" { bdi { (untrusted(name)) } } ": " bdi { (untrusted(summary)) } }
                     }
                 } }
             }
